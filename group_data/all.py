@@ -1,0 +1,160 @@
+"""
+homecloud defaults: every key the deploys read, with its default and what it means.
+
+pyinfra loads this file for every inventory run from the repository root. Override any key in
+your inventory (per host, or in the group data of the inventory's `all` group), in a
+`group_data/<group>.py` beside your inventory, or with `--data key=value`. Keys that are not
+listed here are refused by the validation (a typo such as `k3s_verison` would otherwise be
+silently ignored).
+
+Secrets (marked SECRET) must come from you: the validation refuses a missing secret and the
+example values shown in the docs. `homecloud.secrets.secret(...)` generates one on the
+controller, once, and keeps it in `.secrets/<inventory>.json` (mode 0600, not committed).
+
+Groups: `k3s_servers` (1, 3, 5 ... control-plane nodes with embedded etcd, they also hold the
+virtual IP), `k3s_agents` (worker nodes), `dnas` (nodes that serve the decentralized NAS). A
+node may be in `dnas` and in one of the k3s groups.
+"""
+
+# --- The network ------------------------------------------------------------------------------
+# The node's address on the home LAN (host data). Defaults to the inventory host name when that
+# is an IPv4 address; otherwise it is required. Used for /etc/hosts, VRRP peers, k3s node-ip.
+node_ip = None
+# The interface that carries node_ip and the virtual IP.
+node_interface = "eth0"
+# Prefix length of the LAN the nodes share (24 for 192.168.1.0/24). The VIP must lie in it.
+network_prefix = 24
+# The cluster's virtual IP: one address, held by one healthy server at a time (keepalived).
+# Required when keepalived or k3s is on. Pick a free address outside your router's DHCP range.
+vip = None
+
+# --- Node base (deploys/base.py) --------------------------------------------------------------
+# Set the host name to the inventory name and write /etc/hosts entries for every node.
+base_manage_hostname = True
+# Turn swap off now and at boot (kubelet refuses swap): fstab entries, dphys-swapfile, zram.
+base_disable_swap = True
+# Keep the clock synchronised (systemd-timesyncd) - TLS and etcd need it.
+base_time_sync = True
+# Kernel modules k3s needs; each is loaded only when not already present (built in or loaded)
+# and persisted in /etc/modules-load.d/homecloud.conf.
+base_kernel_modules = ["overlay", "br_netfilter"]
+# sysctls persisted in /etc/sysctl.d/90-homecloud.conf and applied now.
+base_sysctls = {
+    "net.ipv4.ip_forward": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+    "net.bridge.bridge-nf-call-ip6tables": "1",
+}
+# iptables: "auto" switches to iptables-legacy only where the installed iptables needs it
+# (an nftables-backed iptables older than 1.8.4, per the k3s docs); True/False forces it.
+base_iptables_legacy = "auto"
+# Raspberry Pi: add cgroup_memory=1 cgroup_enable=memory (and cpuset) to cmdline.txt.
+rpi_cgroup_flags = True
+# Reboot hosts whose boot flags changed, one at a time, and wait for them. False: only report.
+rpi_reboot = True
+
+# --- keepalived: the virtual IP (deploys/keepalived.py) ---------------------------------------
+keepalived_enabled = True
+# The group whose hosts share the VIP (k3s_servers; "dnas" for a NAS-only cluster).
+keepalived_group = "k3s_servers"
+# VRRP virtual_router_id, 1-255, unique on your LAN.
+keepalived_router_id = 51
+# SECRET: VRRP authentication password, 1-8 characters (VRRP PASS auth is limited to 8).
+keepalived_auth_pass = None
+# Unicast peers (works on Wi-Fi and switches that drop multicast). False: multicast.
+keepalived_unicast = True
+# True: a recovered node does not take the VIP back from the current holder.
+keepalived_nopreempt = False
+# Seconds between VRRP adverts; failover takes about 3-4 adverts.
+keepalived_advert_int = 1
+# Health check run by keepalived on each holder; None: the local k3s API answers on 6443
+# (any TLS answer - k3s replies 401 to anonymous requests). Any command: exit 0 means healthy.
+keepalived_check_script = None
+# Optional script run on state changes (keepalived `notify`), e.g. to send a message.
+keepalived_notify_script = None
+# Per host (optional): VRRP priority 1-254. Default: from inventory order, first is highest.
+keepalived_priority = None
+
+# --- k3s (deploys/k3s.py) ---------------------------------------------------------------------
+# Where the k3s binary comes from: "download" (the controller downloads the pinned release from
+# GitHub once and checks its sha256), "airgap" (from k3s_airgap_dir on the controller, no
+# internet needed anywhere) or "off" (the k3s layer is skipped, with a notice).
+k3s_install = "download"
+# The pinned k3s release (vMAJOR.MINOR.PATCH+k3sN). Bump it to upgrade, one server at a time.
+k3s_version = "v1.31.4+k3s1"
+# Airgap folder on the controller: k3s, k3s-arm64, k3s-armhf, sha256sum-<arch>.txt and
+# optional k3s-airgap-images-<arch>.tar[.zst|.gz].
+k3s_airgap_dir = None
+# Controller cache for downloaded binaries.
+k3s_download_dir = "~/.cache/homecloud/k3s"
+# SECRET (optional): cluster join token. None: generated once on the first server and read
+# from it by the joining nodes at run time.
+k3s_token = None
+# Extra keys for /etc/rancher/k3s/config.yaml (checked against the pinned version's flags).
+k3s_server_config = {}
+k3s_agent_config = {}
+# Per host: node labels ("key=value") and taints ("key=value:Effect").
+k3s_node_labels = []
+k3s_node_taints = []
+# Optional registries.yaml content (mirrors, auth) as a dict.
+k3s_registries = None
+# Where the kubeconfig is merged on the controller, and the context name.
+k3s_kubeconfig = "~/.kube/config"
+k3s_kubeconfig_context = "homecloud"
+# Seconds to wait for nodes Ready / kube-system deployments available.
+k3s_ready_timeout = 600
+
+# --- Longhorn host prerequisites (deploys/longhorn.py) ---------------------------------------
+longhorn_enabled = True
+# Where Longhorn keeps replicas; must be ext4 or XFS.
+longhorn_data_path = "/var/lib/longhorn"
+# Optional dedicated disk for longhorn_data_path: "UUID=..." or "LABEL=..." (never /dev/sdX).
+longhorn_device = None
+# Format longhorn_device only if it carries no filesystem and no partition table.
+longhorn_format = False
+
+# --- Decentralized NAS (deploys/dnas.py) -----------------------------------------------------
+# The one data folder served by Syncthing, Samba and NFS.
+dnas_path = "/srv/dnas"
+# The owner of every file in it (fixed ids, the same on every dnas node).
+dnas_user = "dnas"
+dnas_uid = 2000
+dnas_gid = 2000
+# Optional data disk mounted at dnas_path: "UUID=..." or "LABEL=..." (never /dev/sdX). None:
+# dnas_path is a folder on the root filesystem.
+dnas_device = None
+dnas_fstype = "ext4"
+# Format dnas_device only if it carries no filesystem and no partition table. Never otherwise.
+dnas_format = False
+dnas_mount_options = "defaults,noatime"
+
+# --- Syncthing --------------------------------------------------------------------------------
+syncthing_enabled = True
+# "debian" (the distribution's package) or "syncthing" (Syncthing's own signed apt repository).
+syncthing_source = "debian"
+# GUI / REST API address. Anything but loopback needs syncthing_gui_password (and gets TLS).
+syncthing_gui_address = "127.0.0.1:8384"
+# SECRET (required when the GUI listens beyond loopback).
+syncthing_gui_password = None
+# Folders shared among all dnas nodes: id, label, path (relative to dnas_path).
+syncthing_folders = [{"id": "homecloud-data", "label": "homecloud data", "path": "data"}]
+# Other devices (phones, laptops) by device ID, and the folder ids they get:
+# [{"name": "phone", "id": "ABCDEFG-...", "folders": ["homecloud-data"]}]
+syncthing_devices = []
+
+# --- Samba ------------------------------------------------------------------------------------
+samba_enabled = True
+samba_workgroup = "WORKGROUP"
+# Shares: name, path (relative to dnas_path), read_only, valid_users, guest_ok (off by default).
+# Files are always created as dnas_user, so Syncthing and NFS see the same owner.
+samba_shares = [{"name": "data", "path": "data", "read_only": False, "valid_users": [], "guest_ok": False}]
+# SECRET values: {"alice": "password"}. An empty valid_users list means every user listed here.
+samba_users = {}
+
+# --- NFS --------------------------------------------------------------------------------------
+nfs_enabled = True
+# "kernel" (nfs-kernel-server; the default on real boards) or "ganesha" (userspace nfs-ganesha,
+# for kernels without nfsd, such as containers).
+nfs_backend = "kernel"
+# Exports: path (relative to dnas_path), networks allowed (CIDR), read_only. Access is squashed
+# to dnas_uid/dnas_gid. NFSv3 and NFSv4.
+nfs_exports = [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}]

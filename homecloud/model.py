@@ -1,0 +1,575 @@
+"""
+The homecloud data model: the defaults in `group_data/all.py`, how an inventory's data merges
+over them, and the validation that runs before any host is touched.
+
+Two entry points use the same rules:
+
+- `check_inventory(namespace, inventory_file)`, called at the end of an inventory file, so a
+  broken inventory stops pyinfra while it loads the inventory, before it connects to anything;
+- `check_state(state)`, called first by every deploy file, on the data pyinfra really merged
+  (including `--data` overrides), once per run.
+
+Both raise `InventoryError` listing every problem as "host: key: problem. Fix: ...".
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from pyinfra.api.exceptions import PyinfraError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
+
+GROUPS = ("k3s_servers", "k3s_agents", "dnas")
+
+# Values that look like the examples in our docs: never accepted as a secret.
+EXAMPLE_SECRETS = {
+    "",
+    "changeme",
+    "change-me",
+    "change_me",
+    "changeit",
+    "example",
+    "password",
+    "passw0rd",
+    "secret",
+    "s3cret",
+    "admin",
+    "homecloud",
+    "raspberry",
+    "123456",
+    "12345678",
+    "xxxxxxxx",
+    "todo",
+}
+
+K3S_VERSION_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)\+k3s(\d+)$")
+# Samba share names: letters, digits and ._- (no spaces, no brackets), at most 80 characters.
+SHARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+SAMBA_RESERVED = {"global", "homes", "printers", "print$", "ipc$"}
+UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# Syncthing device IDs: 8 groups of 7 base32 characters.
+SYNCTHING_ID_RE = re.compile(r"^[A-Z2-7]{7}(-[A-Z2-7]{7}){7}$")
+FOLDER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+DEVICE_SPEC_RE = re.compile(r"^(UUID|LABEL|PARTUUID|PARTLABEL)=\S+$")
+LABEL_RE = re.compile(r"^([a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?)=([A-Za-z0-9._-]*)$")
+TAINT_RE = re.compile(
+    r"^[a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$"
+)
+ARCHES = ("amd64", "arm64", "armhf")
+
+
+class InventoryError(PyinfraError):
+    """The inventory or its data is invalid; nothing has been changed on any host."""
+
+
+@dataclass
+class HostSpec:
+    name: str
+    groups: tuple[str, ...]
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def load_defaults() -> dict[str, Any]:
+    """The documented defaults: the public names of `group_data/all.py`."""
+    return _exec_data_file(DEFAULTS_FILE)
+
+
+def _exec_data_file(path: Path) -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__file__": str(path)}
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), namespace)
+    return {
+        key: value
+        for key, value in namespace.items()
+        if not key.startswith("_") and not callable(value) and not _is_module(value)
+    }
+
+
+def _is_module(value: Any) -> bool:
+    return type(value).__name__ == "module"
+
+
+def _connector_keys() -> set[str]:
+    """Data keys pyinfra itself understands: connector settings and global arguments."""
+    keys: set[str] = set()
+    try:
+        from pyinfra.api.arguments import all_argument_meta
+        from pyinfra.api.connectors import get_all_connectors
+
+        keys.update(all_argument_meta.keys())
+        for connector in get_all_connectors().values():
+            keys.update(getattr(connector, "data_meta", {}).keys())
+    except Exception:  # pragma: no cover - pyinfra internals moved
+        pass
+    return keys
+
+
+KNOWN_EXTRA_KEYS = {
+    # Declared board architecture (optional): lets the validation refuse Longhorn on armv7
+    # before connecting; the deploys still read the real architecture from the host.
+    "node_arch",
+    # Set by inventories/lab.py: the lab node's name and kind, for the lab tests.
+    "lab_node",
+}
+
+
+# --- Building HostSpecs -----------------------------------------------------------------------
+
+
+def _is_group(key: str, value: Any) -> bool:
+    if key.startswith("_"):
+        return False
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
+        value = value[0]
+    if not isinstance(value, list):
+        return False
+    return all(isinstance(item, str) or (isinstance(item, tuple) and item and isinstance(item[0], str)) for item in value)
+
+
+def hosts_from_inventory_namespace(
+    namespace: dict[str, Any],
+    inventory_file: str | None = None,
+) -> tuple[list[HostSpec], list[str]]:
+    """
+    Merge an inventory file's groups with the group_data defaults the way pyinfra does
+    (host data > group data > `all` > group_data/all.py), and report duplicated host entries.
+    """
+    errors: list[str] = []
+    # pyinfra's precedence: host data > group data (group_data/<group>.py over the data written
+    # inline in the inventory) > `all` (group_data/all.py over inline `all` data).
+    group_files: dict[str, dict[str, Any]] = {}
+    folders = [REPO_ROOT / "group_data"]
+    if inventory_file:
+        inv_folder = Path(inventory_file).resolve().parent / "group_data"
+        if inv_folder != folders[0]:
+            folders.append(inv_folder)
+    for folder in folders:
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.py")):
+                group_files.setdefault(path.stem, {}).update(_exec_data_file(path))
+
+    groups: dict[str, tuple[list, dict]] = {}
+    for key, value in namespace.items():
+        if not _is_group(key, value):
+            continue
+        if isinstance(value, tuple):
+            groups[key] = (list(value[0]), dict(value[1]))
+        else:
+            groups[key] = (list(value), {})
+
+    all_data = dict(groups["all"][1]) if "all" in groups else {}
+    all_data.update(group_files.get("all", {}))
+
+    host_order: list[str] = []
+    host_groups: dict[str, list[str]] = {}
+    host_data: dict[str, dict[str, Any]] = {}
+    for group, (members, gdata) in groups.items():
+        seen_in_group: set[str] = set()
+        for item in members:
+            name, data = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]) if len(item) > 1 else {})
+            if name in seen_in_group:
+                errors.append(
+                    f"{name}: inventory: the host is listed twice in group `{group}`. "
+                    "Fix: list each host once per group (host names must be unique)."
+                )
+            seen_in_group.add(name)
+            if name not in host_groups:
+                host_order.append(name)
+                host_groups[name] = []
+                host_data[name] = {}
+            if group != "all":
+                host_groups[name].append(group)
+            if data:
+                clash = {k for k in data if k in host_data[name] and host_data[name][k] != data[k]}
+                if clash:
+                    errors.append(
+                        f"{name}: inventory: the host is defined twice with different data "
+                        f"({', '.join(sorted(clash))}). Fix: give each host its data once; two boards "
+                        "need two distinct host names."
+                    )
+                host_data[name].update(data)
+
+    specs = []
+    for name in host_order:
+        merged = dict(all_data)
+        for group in host_groups[name]:
+            merged.update(groups[group][1])
+            merged.update(group_files.get(group, {}))
+        merged.update(host_data[name])
+        specs.append(HostSpec(name, tuple(host_groups[name]), merged))
+    return specs, errors
+
+
+def hosts_from_state(state) -> list[HostSpec]:
+    specs = []
+    for host in state.inventory:
+        groups = tuple(group for group in host.groups if group != "all")
+        specs.append(HostSpec(host.name, groups, host.data.dict()))
+    return specs
+
+
+# --- Validation -------------------------------------------------------------------------------
+
+
+def node_ip(spec: HostSpec) -> str | None:
+    value = spec.data.get("node_ip")
+    if value is None:
+        candidate = spec.data.get("ssh_hostname") or spec.name
+        try:
+            ipaddress.IPv4Address(str(candidate))
+            return str(candidate)
+        except ValueError:
+            return None
+    return value
+
+
+def _is_secret_bad(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, str):
+        return True
+    return value.strip().lower() in EXAMPLE_SECRETS
+
+
+def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) -> list[str]:
+    """Every problem found, each naming the host, the key and the fix. Empty: all good."""
+    specs = list(specs)
+    defaults = load_defaults() if defaults is None else defaults
+    known = set(defaults) | _connector_keys() | KNOWN_EXTRA_KEYS
+    errors: list[str] = []
+
+    def err(host: str, key: str, problem: str, fix: str) -> None:
+        errors.append(f"{host}: {key}: {problem}. Fix: {fix}")
+
+    if not specs:
+        errors.append("inventory: no hosts. Fix: list your boards in k3s_servers / k3s_agents / dnas.")
+        return errors
+
+    # Unknown keys (typos), once per host.
+    for spec in specs:
+        for key in sorted(spec.data):
+            if key in known or key.startswith("_"):
+                continue
+            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+            hint = f"did you mean `{close[0]}`?" if close else "remove it (see group_data/all.py for every key)."
+            err(spec.name, key, "unknown key", hint)
+
+    servers = [s for s in specs if "k3s_servers" in s.groups]
+    agents = [s for s in specs if "k3s_agents" in s.groups]
+    dnas = [s for s in specs if "dnas" in s.groups]
+
+    # Host names.
+    names = [s.name for s in specs]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        err(name, "inventory", "duplicate host name", "give each board a unique host name")
+    for spec in specs:
+        if "k3s_servers" in spec.groups and "k3s_agents" in spec.groups:
+            err(
+                spec.name,
+                "groups",
+                "the host is in both k3s_servers and k3s_agents",
+                "a k3s server already runs workloads; keep it in k3s_servers only",
+            )
+
+    # Node IPs.
+    ips: dict[str, list[str]] = {}
+    for spec in specs:
+        raw = spec.data.get("node_ip")
+        ip = node_ip(spec)
+        if ip is None and raw is None:
+            err(
+                spec.name,
+                "node_ip",
+                "missing (the host name is not an IPv4 address)",
+                f'set node_ip for {spec.name}, e.g. ("{spec.name}", {{"node_ip": "192.168.1.11"}})',
+            )
+            continue
+        try:
+            addr = ipaddress.IPv4Address(str(ip))
+        except ValueError:
+            err(spec.name, "node_ip", f"`{ip}` is not a valid IPv4 address", "write it as four numbers 0-255, e.g. 192.168.1.11")
+            continue
+        if addr.is_loopback or addr.is_multicast or addr.is_unspecified:
+            err(spec.name, "node_ip", f"`{ip}` cannot be a node address", "use the board's LAN address")
+            continue
+        ips.setdefault(str(addr), []).append(spec.name)
+    for ip, owners in ips.items():
+        if len(owners) > 1:
+            for owner in owners:
+                err(owner, "node_ip", f"`{ip}` is used by {', '.join(owners)}", "give every node its own address")
+
+    # Scalar types and choices.
+    def check_choice(spec: HostSpec, key: str, choices: tuple) -> None:
+        value = spec.data.get(key, defaults.get(key))
+        if value not in choices:
+            err(spec.name, key, f"`{value!r}` is not one of {', '.join(repr(c) for c in choices)}", f"set {key} to one of them")
+
+    def check_bool(spec: HostSpec, key: str) -> None:
+        value = spec.data.get(key, defaults.get(key))
+        if not isinstance(value, bool):
+            err(spec.name, key, f"`{value!r}` is not True/False", f"set {key} = True or {key} = False")
+
+    def check_int(spec: HostSpec, key: str, low: int, high: int, optional: bool = False) -> int | None:
+        value = spec.data.get(key, defaults.get(key))
+        if value is None and optional:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            err(spec.name, key, f"`{value!r}` is outside {low}-{high}", f"set {key} to a whole number from {low} to {high}")
+            return None
+        return value
+
+    for spec in specs:
+        for key in (
+            "base_manage_hostname",
+            "base_disable_swap",
+            "base_time_sync",
+            "rpi_cgroup_flags",
+            "rpi_reboot",
+            "keepalived_enabled",
+            "keepalived_unicast",
+            "keepalived_nopreempt",
+            "longhorn_enabled",
+            "longhorn_format",
+            "dnas_format",
+            "syncthing_enabled",
+            "samba_enabled",
+            "nfs_enabled",
+        ):
+            check_bool(spec, key)
+        check_choice(spec, "base_iptables_legacy", ("auto", True, False))
+        check_choice(spec, "k3s_install", ("download", "airgap", "off"))
+        check_choice(spec, "syncthing_source", ("debian", "syncthing"))
+        check_choice(spec, "nfs_backend", ("kernel", "ganesha"))
+        check_choice(spec, "node_arch", (None,) + ARCHES)
+        check_int(spec, "network_prefix", 8, 30)
+        check_int(spec, "keepalived_router_id", 1, 255)
+        check_int(spec, "keepalived_advert_int", 1, 255)
+        check_int(spec, "keepalived_priority", 1, 254, optional=True)
+        check_int(spec, "dnas_uid", 1000, 59999)
+        check_int(spec, "dnas_gid", 1000, 59999)
+        check_int(spec, "k3s_ready_timeout", 10, 7200)
+        user = spec.data.get("dnas_user")
+        if not isinstance(user, str) or not UNIX_USER_RE.match(user):
+            err(spec.name, "dnas_user", f"`{user!r}` is not a valid user name", "use lower-case letters, digits, _ or -")
+        if not isinstance(spec.data.get("node_interface"), str) or not re.match(r"^[A-Za-z0-9_.:@-]{1,15}$", spec.data.get("node_interface") or ""):
+            err(spec.name, "node_interface", f"`{spec.data.get('node_interface')!r}` is not an interface name", "set it to the LAN interface, e.g. eth0")
+
+    # The VIP and keepalived.
+    keepalived_hosts = [
+        s for s in specs if s.data.get("keepalived_enabled") and s.data.get("keepalived_group", "k3s_servers") in s.groups
+    ]
+    k3s_on = [s for s in servers + agents if s.data.get("k3s_install") != "off"]
+    needs_vip = keepalived_hosts or k3s_on
+    for spec in specs:
+        if spec not in keepalived_hosts and spec not in k3s_on:
+            continue
+        vip = spec.data.get("vip")
+        if vip is None:
+            err(spec.name, "vip", "missing", "set vip to a free address in the nodes' subnet, outside the DHCP range")
+            continue
+        try:
+            vip_addr = ipaddress.IPv4Address(str(vip))
+        except ValueError:
+            err(spec.name, "vip", f"`{vip}` is not a valid IPv4 address", "write it as four numbers 0-255")
+            continue
+        ip = node_ip(spec)
+        prefix = spec.data.get("network_prefix")
+        if ip and isinstance(prefix, int) and 8 <= prefix <= 30:
+            try:
+                net = ipaddress.IPv4Interface(f"{ip}/{prefix}").network
+            except ValueError:
+                continue
+            if vip_addr not in net:
+                err(spec.name, "vip", f"`{vip}` is outside the node's subnet {net}", f"pick a free address inside {net} (or fix network_prefix)")
+            elif vip_addr in (net.network_address, net.broadcast_address):
+                err(spec.name, "vip", f"`{vip}` is the network or broadcast address of {net}", f"pick a free host address inside {net}")
+        if str(vip_addr) in ips:
+            err(spec.name, "vip", f"`{vip}` is the address of node {', '.join(ips[str(vip_addr)])}", "the VIP must be a free address no node uses")
+    vips = {str(s.data.get("vip")) for s in specs if needs_vip and (s in keepalived_hosts or s in k3s_on)}
+    if len(vips) > 1:
+        err(", ".join(s.name for s in specs), "vip", f"hosts disagree on the VIP ({', '.join(sorted(vips))})", "set vip once for the whole cluster")
+
+    for spec in keepalived_hosts:
+        secret = spec.data.get("keepalived_auth_pass")
+        if _is_secret_bad(secret):
+            err(
+                spec.name,
+                "keepalived_auth_pass",
+                "secret missing or left at an example value",
+                "set it to a random password of 1-8 characters, e.g. secret('keepalived_auth_pass', length=8)",
+            )
+        elif len(secret) > 8:
+            err(spec.name, "keepalived_auth_pass", f"{len(secret)} characters, VRRP PASS auth keeps only 8", "use at most 8 characters")
+    for spec in specs:
+        if spec.data.get("keepalived_enabled") and spec.data.get("keepalived_group") not in GROUPS:
+            err(spec.name, "keepalived_group", f"`{spec.data.get('keepalived_group')!r}` is not a homecloud group", f"use one of {', '.join(GROUPS)}")
+    if any(s.data.get("keepalived_enabled") for s in specs):
+        group = specs[0].data.get("keepalived_group")
+        if group in GROUPS and not any(group in s.groups for s in specs):
+            err(specs[0].name, "keepalived_group", f"group `{group}` has no hosts", "add hosts to it or set keepalived_enabled = False")
+
+    # k3s.
+    if servers or agents:
+        installs = {s.data.get("k3s_install") for s in servers + agents}
+        if installs - {"off"}:
+            if len(servers) == 0:
+                err(", ".join(s.name for s in agents), "k3s_servers", "agents but no server", "put 1, 3 or 5 hosts in k3s_servers")
+            elif len(servers) % 2 == 0:
+                err(
+                    ", ".join(s.name for s in servers),
+                    "k3s_servers",
+                    f"{len(servers)} servers: embedded etcd needs a majority, so {len(servers)} servers survive no more "
+                    f"failures than {len(servers) - 1} and a split stops the cluster",
+                    f"use an odd number of servers ({len(servers) - 1} or {len(servers) + 1}); move one to k3s_agents",
+                )
+    for spec in servers + agents:
+        version = spec.data.get("k3s_version")
+        if not isinstance(version, str) or not K3S_VERSION_RE.match(version):
+            err(spec.name, "k3s_version", f"`{version!r}` is not a k3s release", "write it like v1.31.4+k3s1 (see the k3s releases page)")
+        if spec.data.get("k3s_install") == "airgap" and not spec.data.get("k3s_airgap_dir"):
+            err(spec.name, "k3s_airgap_dir", "k3s_install is 'airgap' but no folder is given", "set k3s_airgap_dir to the folder holding k3s, k3s-arm64, k3s-armhf and sha256sum-*.txt")
+        token = spec.data.get("k3s_token")
+        if token is not None and (_is_secret_bad(token) or len(token) < 16):
+            err(spec.name, "k3s_token", "secret left at an example value or shorter than 16 characters", "remove it (a token is generated on the first server) or set a long random one")
+        for key, pattern in (("k3s_node_labels", LABEL_RE), ("k3s_node_taints", TAINT_RE)):
+            values = spec.data.get(key) or []
+            if not isinstance(values, (list, tuple)):
+                err(spec.name, key, "must be a list", f'write it like {key} = ["key=value"]')
+                continue
+            for value in values:
+                if not isinstance(value, str) or not pattern.match(value):
+                    example = "disk=ssd" if key == "k3s_node_labels" else "dedicated=nas:NoSchedule"
+                    err(spec.name, key, f"`{value!r}` is malformed", f"write it like {example}")
+        for key in ("k3s_server_config", "k3s_agent_config"):
+            if not isinstance(spec.data.get(key) or {}, dict):
+                err(spec.name, key, "must be a dict of config.yaml keys", f"write it like {key} = {{'disable': ['traefik']}}")
+
+    # Longhorn.
+    for spec in servers + agents:
+        if spec.data.get("longhorn_enabled") and spec.data.get("node_arch") == "armhf":
+            err(spec.name, "longhorn_enabled", "Longhorn does not run on armv7 (armhf) boards", f"set longhorn_enabled = False for {spec.name}")
+        device = spec.data.get("longhorn_device")
+        if spec.data.get("longhorn_enabled") and device is not None and not DEVICE_SPEC_RE.match(str(device)):
+            err(spec.name, "longhorn_device", f"`{device}` may name another disk after a reboot", "use UUID=... or LABEL=... (see `blkid`)")
+
+    # dnas: disk, Syncthing, Samba, NFS.
+    for spec in dnas:
+        data = spec.data
+        path = data.get("dnas_path")
+        if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") in ("", "/boot", "/etc", "/usr", "/var", "/home", "/root"):
+            err(spec.name, "dnas_path", f"`{path!r}` is not a usable data folder", "use an absolute path of its own, e.g. /srv/dnas")
+        device = data.get("dnas_device")
+        if device is not None and not DEVICE_SPEC_RE.match(str(device)):
+            err(
+                spec.name,
+                "dnas_device",
+                f"`{device}` may name another disk after a reboot (USB order changes)",
+                "use UUID=... or LABEL=... as `blkid` shows it",
+            )
+        if data.get("dnas_format") and device is None:
+            err(spec.name, "dnas_format", "True but no dnas_device is given", "set dnas_device = 'LABEL=...' or turn dnas_format off")
+
+        if data.get("syncthing_enabled"):
+            folder_ids: set[str] = set()
+            for folder in data.get("syncthing_folders") or []:
+                fid = folder.get("id") if isinstance(folder, dict) else None
+                if not isinstance(fid, str) or not FOLDER_ID_RE.match(fid):
+                    err(spec.name, "syncthing_folders", f"folder id `{fid!r}` is invalid", "use letters, digits and ._- (e.g. photos)")
+                elif fid in folder_ids:
+                    err(spec.name, "syncthing_folders", f"folder id `{fid}` is listed twice", "give each folder a unique id")
+                folder_ids.add(fid)
+                _check_relative(err, spec.name, "syncthing_folders", folder.get("path") if isinstance(folder, dict) else None)
+            for device_entry in data.get("syncthing_devices") or []:
+                did = device_entry.get("id") if isinstance(device_entry, dict) else None
+                if not isinstance(did, str) or not SYNCTHING_ID_RE.match(did):
+                    err(spec.name, "syncthing_devices", f"device id `{did!r}` is not a Syncthing device ID", "copy it from the device (Actions > Show ID): 8 groups of 7 characters")
+                for fid in (device_entry.get("folders") or []) if isinstance(device_entry, dict) else []:
+                    if fid not in folder_ids:
+                        err(spec.name, "syncthing_devices", f"device `{device_entry.get('name')}` gets unknown folder `{fid}`", "use ids from syncthing_folders")
+            gui = str(data.get("syncthing_gui_address") or "")
+            if not gui.startswith(("127.", "localhost:", "[::1]:")) and _is_secret_bad(data.get("syncthing_gui_password")):
+                err(spec.name, "syncthing_gui_password", f"the GUI listens on {gui} but has no real password", "set a password or keep syncthing_gui_address = '127.0.0.1:8384'")
+
+        if data.get("samba_enabled"):
+            users = data.get("samba_users") or {}
+            if not isinstance(users, dict):
+                err(spec.name, "samba_users", "must be a dict of user: password", 'write it like {"alice": secret("samba_alice")}')
+                users = {}
+            for user, password in users.items():
+                if not isinstance(user, str) or not UNIX_USER_RE.match(user):
+                    err(spec.name, "samba_users", f"`{user!r}` is not a valid user name", "use lower-case letters, digits, _ or -")
+                if _is_secret_bad(password):
+                    err(spec.name, "samba_users", f"password of `{user}` missing or left at an example value", f"set a real password for {user}")
+            shares = data.get("samba_shares") or []
+            share_names: set[str] = set()
+            for share in shares:
+                sname = share.get("name") if isinstance(share, dict) else None
+                if not isinstance(sname, str) or not SHARE_NAME_RE.match(sname) or sname.lower() in SAMBA_RESERVED:
+                    err(spec.name, "samba_shares", f"share name `{sname!r}` is invalid", "use 1-80 letters, digits and ._- (not global, homes, printers)")
+                elif sname.lower() in share_names:
+                    err(spec.name, "samba_shares", f"share `{sname}` is defined twice", "give each share a unique name (Samba ignores case)")
+                share_names.add(str(sname).lower())
+                if isinstance(share, dict):
+                    _check_relative(err, spec.name, "samba_shares", share.get("path"))
+                    for user in share.get("valid_users") or []:
+                        if user not in users:
+                            err(spec.name, "samba_shares", f"share `{sname}` names user `{user}` who is not in samba_users", f"add {user} to samba_users")
+                    if share.get("guest_ok") and not share.get("read_only", False):
+                        err(spec.name, "samba_shares", f"share `{sname}` is writable by guests", "set read_only = True or guest_ok = False")
+            if shares and not users and not all(isinstance(s, dict) and s.get("guest_ok") for s in shares):
+                err(spec.name, "samba_users", "shares are defined but no Samba user can log in", 'add samba_users = {"alice": secret("samba_alice")}')
+
+        if data.get("nfs_enabled"):
+            for export in data.get("nfs_exports") or []:
+                if not isinstance(export, dict):
+                    err(spec.name, "nfs_exports", f"`{export!r}` is not an export", "write {'path': 'data', 'networks': ['192.168.1.0/24']}")
+                    continue
+                _check_relative(err, spec.name, "nfs_exports", export.get("path"))
+                networks = export.get("networks")
+                if not networks or not isinstance(networks, (list, tuple)):
+                    err(spec.name, "nfs_exports", f"export `{export.get('path')}` allows no network", "list the networks allowed, e.g. ['192.168.1.0/24']")
+                    continue
+                for network in networks:
+                    try:
+                        net = ipaddress.ip_network(str(network), strict=True)
+                    except ValueError as e:
+                        err(spec.name, "nfs_exports", f"network `{network}` is invalid ({e})", "write it as a network in CIDR form, e.g. 192.168.1.0/24")
+                        continue
+                    if net.prefixlen == 0:
+                        err(spec.name, "nfs_exports", f"network `{network}` opens the export to the whole internet", "list your LAN only, e.g. 192.168.1.0/24")
+    return errors
+
+
+def _check_relative(err, host: str, key: str, path: Any) -> None:
+    if not isinstance(path, str) or path.startswith("/") or ".." in Path(path).parts:
+        err(host, key, f"path `{path!r}` must be relative to dnas_path and stay inside it", "write it like 'data' or 'photos/2024'")
+
+
+def format_errors(errors: list[str]) -> str:
+    lines = [f"homecloud: the inventory has {len(errors)} problem(s); nothing was changed on any host:"]
+    lines += [f"  - {e}" for e in errors]
+    return "\n".join(lines)
+
+
+def check_inventory(namespace: dict[str, Any], inventory_file: str | None = None) -> None:
+    """Validate an inventory file's groups merged with group_data; raise before connecting."""
+    specs, errors = hosts_from_inventory_namespace(namespace, inventory_file)
+    errors += validate(specs)
+    if errors:
+        raise InventoryError(format_errors(errors))
+
+
+def check_state(state) -> None:
+    """Validate the merged data of every host in a pyinfra state, once per state."""
+    if getattr(state, "_homecloud_checked", False):
+        return
+    errors = validate(hosts_from_state(state))
+    if errors:
+        raise InventoryError(format_errors(errors))
+    state._homecloud_checked = True
