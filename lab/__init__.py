@@ -1,0 +1,1 @@
+"""The local homecloud lab (systemd-nspawn nodes on a bridge)."""
