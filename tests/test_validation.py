@@ -1,0 +1,321 @@
+"""
+The inventory validation: every rule is shown failing on a deliberately broken inventory, with
+the message the user sees. A good inventory (the shape of inventories/pi.py) passes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from homecloud.model import InventoryError, check_inventory, hosts_from_inventory_namespace, validate
+
+REPO = Path(__file__).resolve().parent.parent
+
+CLUSTER = {
+    "ssh_user": "pi",
+    "vip": "192.168.1.240",
+    "network_prefix": 24,
+    "keepalived_auth_pass": "Vq8kZr2p",
+    "samba_users": {"alice": "a-long-random-Passw0rd"},
+    "samba_shares": [{"name": "data", "path": "data", "read_only": False, "valid_users": ["alice"], "guest_ok": False}],
+    "nfs_exports": [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}],
+}
+
+
+def node(name, ip, **extra):
+    return (name, {"ssh_hostname": ip, "node_ip": ip, **copy.deepcopy(CLUSTER), **extra})
+
+
+def good_inventory():
+    return {
+        "k3s_servers": [
+            node("pi1", "192.168.1.11", dnas_device="LABEL=homecloud-data"),
+            node("pi2", "192.168.1.12", dnas_device="LABEL=homecloud-data"),
+            node("pi3", "192.168.1.13"),
+        ],
+        "k3s_agents": [node("pi4", "192.168.1.14")],
+        "dnas": ["pi1", "pi2"],
+    }
+
+
+def errors_of(namespace):
+    specs, errors = hosts_from_inventory_namespace(namespace)
+    return errors + validate(specs)
+
+
+def set_host(namespace, host, **data):
+    for group in ("k3s_servers", "k3s_agents"):
+        for index, entry in enumerate(namespace.get(group, [])):
+            if isinstance(entry, tuple) and entry[0] == host:
+                namespace[group][index] = (host, {**entry[1], **data})
+                return namespace
+    raise KeyError(host)
+
+
+def set_all(namespace, **data):
+    for host in ("pi1", "pi2", "pi3", "pi4"):
+        try:
+            set_host(namespace, host, **data)
+        except KeyError:
+            pass
+    return namespace
+
+
+def test_good_inventory_passes():
+    assert errors_of(good_inventory()) == []
+
+
+def test_example_pi_inventory_passes():
+    namespace = {"__file__": str(REPO / "inventories" / "pi.py")}
+    source = (REPO / "inventories" / "pi.py").read_text()
+    exec(compile(source, "pi.py", "exec"), namespace)  # raises InventoryError if invalid
+
+
+def _servers(*ips):
+    return [node(f"pi{i + 1}", ip) for i, ip in enumerate(ips)]
+
+
+BAD = {
+    "bad_ip": (
+        lambda ns: set_host(ns, "pi2", node_ip="192.168.1.300"),
+        "pi2: node_ip: `192.168.1.300` is not a valid IPv4 address",
+    ),
+    "missing_ip": (
+        lambda ns: ns["k3s_agents"].__setitem__(0, ("pi4", {k: v for k, v in CLUSTER.items()})),
+        "pi4: node_ip: missing (the host name is not an IPv4 address)",
+    ),
+    "duplicate_ip": (
+        lambda ns: set_host(ns, "pi3", node_ip="192.168.1.12"),
+        "pi3: node_ip: `192.168.1.12` is used by pi2, pi3",
+    ),
+    "duplicate_host_name": (
+        lambda ns: ns["k3s_servers"].append(node("pi1", "192.168.1.21")),
+        "pi1: inventory: the host is listed twice in group `k3s_servers`",
+    ),
+    "vip_outside_subnet": (
+        lambda ns: set_all(ns, vip="192.168.2.240"),
+        "pi1: vip: `192.168.2.240` is outside the node's subnet 192.168.1.0/24",
+    ),
+    "vip_is_node_ip": (
+        lambda ns: set_all(ns, vip="192.168.1.13"),
+        "pi1: vip: `192.168.1.13` is the address of node pi3. Fix: the VIP must be a free address no node uses",
+    ),
+    "vip_missing": (
+        lambda ns: set_all(ns, vip=None),
+        "pi1: vip: missing. Fix: set vip",
+    ),
+    "two_servers": (
+        lambda ns: ns.update(k3s_servers=ns["k3s_servers"][:2]),
+        "pi1, pi2: k3s_servers: 2 servers: embedded etcd needs a majority",
+    ),
+    "four_servers": (
+        lambda ns: ns.update(k3s_servers=ns["k3s_servers"] + [node("pi5", "192.168.1.15")]),
+        "use an odd number of servers (3 or 5)",
+    ),
+    "server_and_agent": (
+        lambda ns: ns["k3s_agents"].append("pi3"),
+        "pi3: groups: the host is in both k3s_servers and k3s_agents",
+    ),
+    "unknown_key_typo": (
+        lambda ns: set_host(ns, "pi1", k3s_verison="v1.31.4+k3s1"),
+        "pi1: k3s_verison: unknown key. Fix: did you mean `k3s_version`?",
+    ),
+    "unknown_key_no_hint": (
+        lambda ns: set_host(ns, "pi1", flux_capacitor=True),
+        "pi1: flux_capacitor: unknown key. Fix: remove it",
+    ),
+    "k3s_version_malformed": (
+        lambda ns: set_all(ns, k3s_version="1.31"),
+        "pi1: k3s_version: `'1.31'` is not a k3s release. Fix: write it like v1.31.4+k3s1",
+    ),
+    "router_id_range": (
+        lambda ns: set_all(ns, keepalived_router_id=300),
+        "pi1: keepalived_router_id: `300` is outside 1-255",
+    ),
+    "vrrp_secret_missing": (
+        lambda ns: set_all(ns, keepalived_auth_pass=None),
+        "pi1: keepalived_auth_pass: secret missing or left at an example value",
+    ),
+    "vrrp_secret_example": (
+        lambda ns: set_all(ns, keepalived_auth_pass="changeme"),
+        "pi2: keepalived_auth_pass: secret missing or left at an example value",
+    ),
+    "vrrp_secret_too_long": (
+        lambda ns: set_all(ns, keepalived_auth_pass="a-much-too-long-secret"),
+        "pi1: keepalived_auth_pass: 22 characters, VRRP PASS auth keeps only 8",
+    ),
+    "samba_password_example": (
+        lambda ns: set_all(ns, samba_users={"alice": "password"}),
+        "pi1: samba_users: password of `alice` missing or left at an example value",
+    ),
+    "samba_share_name_invalid": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "my share", "path": "data", "valid_users": ["alice"]}]),
+        "pi1: samba_shares: share name `'my share'` is invalid",
+    ),
+    "samba_share_reserved": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "homes", "path": "data", "valid_users": ["alice"]}]),
+        "pi2: samba_shares: share name `'homes'` is invalid",
+    ),
+    "samba_unknown_user": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "valid_users": ["bob"]}]),
+        "pi1: samba_shares: share `data` names user `bob` who is not in samba_users",
+    ),
+    "samba_path_escapes": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "../etc", "valid_users": ["alice"]}]),
+        "pi1: samba_shares: path `'../etc'` must be relative to dnas_path and stay inside it",
+    ),
+    "nfs_network_invalid": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/33"]}]),
+        "pi1: nfs_exports: network `192.168.1.0/33` is invalid",
+    ),
+    "nfs_network_host_bits": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.7/24"]}]),
+        "pi1: nfs_exports: network `192.168.1.7/24` is invalid (192.168.1.7/24 has host bits set)",
+    ),
+    "nfs_world": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["0.0.0.0/0"]}]),
+        "pi1: nfs_exports: network `0.0.0.0/0` opens the export to the whole internet",
+    ),
+    "dnas_bare_device": (
+        lambda ns: set_host(ns, "pi1", dnas_device="/dev/sda1"),
+        "pi1: dnas_device: `/dev/sda1` may name another disk after a reboot (USB order changes). Fix: use UUID=... or LABEL=...",
+    ),
+    "longhorn_armv7": (
+        lambda ns: set_host(ns, "pi4", node_arch="armhf"),
+        "pi4: longhorn_enabled: Longhorn does not run on armv7 (armhf) boards. Fix: set longhorn_enabled = False for pi4",
+    ),
+    "airgap_without_dir": (
+        lambda ns: set_all(ns, k3s_install="airgap"),
+        "pi1: k3s_airgap_dir: k3s_install is 'airgap' but no folder is given",
+    ),
+    "k3s_token_example": (
+        lambda ns: set_all(ns, k3s_token="secret"),
+        "pi1: k3s_token: secret left at an example value or shorter than 16 characters",
+    ),
+    "bad_choice": (
+        lambda ns: set_all(ns, nfs_backend="zfs"),
+        "pi1: nfs_backend: `'zfs'` is not one of 'kernel', 'ganesha'",
+    ),
+    "bad_bool": (
+        lambda ns: set_all(ns, keepalived_nopreempt="yes"),
+        "pi1: keepalived_nopreempt: `'yes'` is not True/False",
+    ),
+    "node_label_malformed": (
+        lambda ns: set_host(ns, "pi4", k3s_node_labels=["disk ssd"]),
+        "pi4: k3s_node_labels: `'disk ssd'` is malformed. Fix: write it like disk=ssd",
+    ),
+    "syncthing_device_id": (
+        lambda ns: set_all(ns, syncthing_devices=[{"name": "phone", "id": "NOT-AN-ID", "folders": []}]),
+        "pi1: syncthing_devices: device id `'NOT-AN-ID'` is not a Syncthing device ID",
+    ),
+    "syncthing_gui_open_without_password": (
+        lambda ns: set_all(ns, syncthing_gui_address="0.0.0.0:8384"),
+        "pi1: syncthing_gui_password: the GUI listens on 0.0.0.0:8384 but has no real password",
+    ),
+    "guest_writable_share": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "guest_ok": True, "read_only": False}]),
+        "pi1: samba_shares: share `pub` is writable by guests",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_inventory_is_refused_with_a_clear_message(case):
+    mutate, expected = BAD[case]
+    namespace = good_inventory()
+    mutate(namespace)
+    errors = errors_of(namespace)
+    print(f"{case}:", *errors, sep="\n  ")
+    assert any(expected in error for error in errors), f"expected {expected!r} in {errors}"
+    # Every message names a host (or hosts), the key, and says how to fix it.
+    for error in errors:
+        assert ": " in error and "Fix: " in error, error
+
+
+def test_check_inventory_raises_one_error_listing_all_problems():
+    namespace = good_inventory()
+    set_host(namespace, "pi1", k3s_verison="x")
+    set_all(namespace, keepalived_router_id=0)
+    with pytest.raises(InventoryError) as info:
+        check_inventory(namespace)
+    message = str(info.value)
+    assert "nothing was changed on any host" in message
+    assert "k3s_verison: unknown key" in message
+    assert "keepalived_router_id: `0` is outside 1-255" in message
+
+
+def test_group_data_defaults_are_documented():
+    """Every default in group_data/all.py sits under a comment saying what it is (a comment may
+    cover a few related keys written right below it)."""
+    import ast
+
+    source = (REPO / "group_data" / "all.py").read_text()
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    assigned_lines = {n.lineno for n in tree.body if isinstance(n, ast.Assign)}
+    ends = {n.lineno: n.end_lineno for n in tree.body if isinstance(n, ast.Assign)}
+    for statement in tree.body:
+        if not isinstance(statement, ast.Assign):
+            continue
+        key = statement.targets[0].id
+        line = statement.lineno - 1  # the line above, 1-based
+        while line in ends.values() and any(start in assigned_lines for start, end in ends.items() if end == line):
+            line = next(start for start, end in ends.items() if end == line) - 1
+        assert line >= 1 and lines[line - 1].startswith("#"), f"group_data/all.py: `{key}` has no comment above it"
+
+
+def _pyinfra(*args, timeout=120):
+    env = dict(os.environ, PYINFRA_PROGRESS="off")
+    return subprocess.run(
+        [sys.executable, "-m", "pyinfra", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_cli_broken_inventory_fails_before_connecting(tmp_path):
+    """A broken copy of inventories/pi.py stops while pyinfra loads it: no connection attempt."""
+    broken = (REPO / "inventories" / "pi.py").read_text().replace('"vip": "192.168.1.240"', '"vip": "10.9.9.9"')
+    broken = broken.replace('"k3s_version": "v1.31.4+k3s1"', '"k3s_verison": "v1.31.4+k3s1"')
+    path = tmp_path / "broken.py"
+    path.write_text(broken)
+    result = _pyinfra("--dry", str(path), "deploys/all.py")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "vip: `10.9.9.9` is outside the node's subnet 192.168.1.0/24" in output, output
+    assert "k3s_verison: unknown key. Fix: did you mean `k3s_version`?" in output, output
+    assert "Connecting to hosts" not in output, output
+
+
+def test_cli_example_inventory_fails_fast_with_a_connection_error():
+    """inventories/pi.py is valid: pyinfra gets as far as connecting, which fails (no such boards).
+
+    192.168.1.0/24 is never contacted from here: the SSH connection is pointed at a port on
+    loopback through --data ssh_hostname, so the test sends nothing to any LAN address.
+    """
+    result = _pyinfra(
+        "--dry",
+        "--data",
+        "ssh_hostname=127.0.0.1",
+        "--data",
+        "ssh_port=1",
+        "--data",
+        "ssh_connect_retries=0",
+        "inventories/pi.py",
+        "deploys/all.py",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Connecting to hosts" in output, output
+    assert "problem(s)" not in output, output
+    assert "No hosts remaining" in output or "Could not connect" in output or "Connection refused" in output, output
