@@ -111,6 +111,12 @@ longhorn_data_path = "/var/lib/longhorn"
 longhorn_device = None
 # Format longhorn_device only if it carries no filesystem and no partition table.
 longhorn_format = False
+# Filesystem of longhorn_device: "ext4" or "xfs" (the two Longhorn supports).
+longhorn_fstype = "ext4"
+# Optional blank disk by a stable path (/dev/disk/by-id/...) that gets longhorn_device's label
+# or UUID when no disk matches longhorn_device yet (with longhorn_format = True; never a disk
+# that carries anything).
+longhorn_blank_device = None
 
 # --- Decentralized NAS (deploys/dnas.py) -----------------------------------------------------
 # The one data folder served by Syncthing, Samba and NFS.
@@ -125,6 +131,11 @@ dnas_device = None
 dnas_fstype = "ext4"
 # Format dnas_device only if it carries no filesystem and no partition table. Never otherwise.
 dnas_format = False
+# A blank disk cannot be found by LABEL=/UUID= (it has none yet): to have it formatted, name it
+# here by a stable path (/dev/disk/by-id/... or /dev/disk/by-path/...). With dnas_format = True
+# and no disk matching dnas_device yet, it is formatted with dnas_fstype and gets the label (or
+# UUID) of dnas_device - only if it carries no filesystem, partition table or other signature.
+dnas_blank_device = None
 dnas_mount_options = "defaults,noatime"
 
 # --- Syncthing --------------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""
+Layer 1: the cluster's virtual IP, held by one healthy node of keepalived_group (k3s_servers).
+
+    pyinfra -y inventories/pi.py deploys/keepalived.py
+
+- keepalived from the distribution, one VRRP instance for `vip/network_prefix` on
+  node_interface; unicast peers from the inventory (keepalived_unicast) or multicast;
+  priorities from the inventory order (or keepalived_priority); keepalived_nopreempt.
+- A health check decides who may hold the VIP: keepalived_check_script, or by default "the
+  local k3s API answers TLS on 127.0.0.1:6443" (k3s answers 401 to anonymous requests: any
+  answer means alive). It runs as the unprivileged `keepalived_script` user
+  (enable_script_security).
+- The config (it holds keepalived_auth_pass) is 0600 root; a new one is tested with
+  `keepalived -t` before it replaces the working one, and keepalived is reloaded only then.
+
+Check which node holds the VIP: `pyinfra inventories/pi.py fact keepalived.VrrpStatus
+interface=eth0 vip=<vip>` (or `ip -o addr show eth0` on the nodes).
+"""
+
+from pyinfra import host, state
+from pyinfra.operations import apt, server, systemd
+
+from homecloud.cluster import address, group_hosts, vrrp_priority
+from homecloud.model import check_state
+from operations import keepalived
+
+check_state(state)
+
+data = host.data
+SCRIPT_USER = "keepalived_script"
+
+members = group_hosts(state, data.get("keepalived_group", "k3s_servers"))
+
+if data.get("keepalived_enabled", True) and host in members:
+    apt.packages(
+        name="Install keepalived (and curl for the default health check)",
+        packages=["keepalived", "curl"],
+        update=True,
+        cache_time=3600,
+    )
+    server.user(
+        name=f"User {SCRIPT_USER} that runs keepalived's scripts",
+        user=SCRIPT_USER,
+        system=True,
+        shell="/usr/sbin/nologin",
+        home="/nonexistent",
+        create_home=False,
+    )
+    unicast = bool(data.get("keepalived_unicast", True))
+    keepalived.vip(
+        name="keepalived: the virtual IP",
+        vip=str(data.get("vip")),
+        prefix=int(data.get("network_prefix")),
+        interface=data.get("node_interface"),
+        router_id=int(data.get("keepalived_router_id")),
+        priority=vrrp_priority(state, host),
+        auth_pass=data.get("keepalived_auth_pass"),
+        node_name=host.name,
+        unicast_src_ip=address(host) if unicast else None,
+        unicast_peers=[address(h) for h in members if h != host] if unicast else None,
+        nopreempt=bool(data.get("keepalived_nopreempt", False)),
+        advert_int=int(data.get("keepalived_advert_int", 1)),
+        check_script=data.get("keepalived_check_script"),
+        notify_script=data.get("keepalived_notify_script"),
+        script_user=SCRIPT_USER,
+    )
+    systemd.service(
+        name="keepalived enabled and running",
+        service="keepalived.service",
+        running=True,
+        enabled=True,
+    )

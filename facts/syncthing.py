@@ -1,0 +1,207 @@
+"""
+Facts about a Syncthing instance run by a system user (``syncthing@<user>``).
+
+Everything is read on the node by a short python3 program: it finds the user's config.xml,
+takes the API key from it itself and asks the REST API (so the key never leaves the node and
+never appears in a command line); when the service is down it parses config.xml and computes
+the device ID from the certificate.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+
+from pyinfra.api import FactBase, ShortFactBase
+
+# Python prelude shared by the fact, the REST helper and the lab tests: `d` is the config folder
+# of the Syncthing of user argv[1] (1.27+ uses ~/.local/state/syncthing unless the older
+# ~/.config/syncthing exists; Debian 12 ships 1.19: ~/.config/syncthing), `gui()` gives the
+# <gui> element and the API's base URL, `api(url, key, path, method, body)` calls the REST API.
+FIND_CONFIG = """
+import json, os, pwd, ssl, sys, urllib.request as R, xml.etree.ElementTree as E
+try:
+    home = pwd.getpwnam(sys.argv[1]).pw_dir
+except KeyError:
+    home = None
+d = home and next((p for p in (home + "/.config/syncthing", home + "/.local/state/syncthing") if os.path.isfile(p + "/config.xml")), None)
+def gui():
+    g = E.parse(d + "/config.xml").getroot().find("gui")
+    a = g.findtext("address") or "127.0.0.1:8384"
+    h, _, port = a.rpartition(":")
+    h = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "[::]": "[::1]"}.get(h, h)
+    tls = g.get("tls") == "true"
+    return g, ("https://" if tls else "http://") + h + ":" + port
+def api(url, key, path, method="GET", body=None):
+    r = R.Request(url + path, data=body, method=method, headers={"X-API-Key": key, "Content-Type": "application/json"})
+    with R.urlopen(r, timeout=30, context=ssl._create_unverified_context()) as f:
+        return f.read()
+"""
+
+_NODE_SCRIPT = (
+    FIND_CONFIG
+    + """
+import base64, hashlib
+out = {}
+def device_id(pem):
+    der = base64.b64decode("".join(l for l in pem.splitlines() if l and not l.startswith("-----")))
+    s = base64.b32encode(hashlib.sha256(der).digest()).decode().rstrip("=")
+    a = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    def check(part):
+        f, t = 1, 0
+        for c in part:
+            v = f * a.index(c)
+            f = 1 if f == 2 else 2
+            t += v // 32 + v % 32
+        return a[(32 - t % 32) % 32]
+    s = "".join(s[i:i + 13] + check(s[i:i + 13]) for i in range(0, 52, 13))
+    return "-".join(s[i:i + 7] for i in range(0, 56, 7))
+def empty(p):
+    p = os.path.expanduser(p.replace("~", home, 1) if p.startswith("~") else p)
+    try:
+        return not any(e.name not in (".stfolder", ".stignore") for e in os.scandir(p))
+    except OSError:
+        return True
+if d:
+    t = E.parse(d + "/config.xml").getroot()
+    g, url = gui()
+    out = {"config": d + "/config.xml", "home": home, "api": False,
+           "gui": {"address": g.findtext("address") or "", "tls": g.get("tls") == "true",
+                   "user": g.findtext("user") or "", "password_hash": g.findtext("password") or ""}}
+    try:
+        key = g.findtext("apikey") or ""
+        out["device_id"] = json.loads(api(url, key, "/rest/system/status"))["myID"]
+        devices = json.loads(api(url, key, "/rest/config/devices"))
+        folders = json.loads(api(url, key, "/rest/config/folders"))
+        out["api"] = True
+    except Exception:
+        try:
+            out["device_id"] = device_id(open(d + "/cert.pem").read())
+        except OSError:
+            out["device_id"] = None
+        devices = [{"deviceID": x.get("id"), "name": x.get("name") or "",
+                    "addresses": [a.text for a in x.findall("address")]} for x in t.findall("device")]
+        folders = [{"id": f.get("id"), "label": f.get("label") or "", "path": f.get("path"), "type": f.get("type"),
+                    "devices": [{"deviceID": x.get("id")} for x in f.findall("device")]} for f in t.findall("folder")]
+    out["devices"] = {x["deviceID"]: {"name": x.get("name") or "", "addresses": x.get("addresses") or []} for x in devices}
+    out["folders"] = {f["id"]: {"label": f.get("label") or "", "path": f["path"], "type": f.get("type"),
+                                "devices": sorted(x["deviceID"] for x in f.get("devices") or []),
+                                "empty": empty(f["path"])} for f in folders}
+print(json.dumps(out, sort_keys=True))
+"""
+)
+
+# Changes a user's Syncthing through its REST API: argv = user, action[, argument].
+#   wait              wait (up to 90 s) until the REST API answers
+#   edit JSON|@file   merge an edit into the configuration and save it in one PUT /rest/config:
+#                     {"devices": [{deviceID, name, addresses}], "remove_devices": [id],
+#                      "folders": [{id, label, path, type, devices: [id]}], "remove_folders": [id],
+#                      "gui": {address, useTLS, user, password}}
+#                     New devices and folders start from Syncthing's own defaults; a folder's
+#                     devices are only ever added to (devices added by hand stay).
+# The API key is read from config.xml on the node; an edit holding a password comes from a
+# file (mode 0600), never from the command line.
+API_CLIENT = (
+    "#!/usr/bin/python3\n# homecloud: Syncthing REST helper (installed by operations/syncthing.py, see facts/syncthing.py)."
+    + FIND_CONFIG
+    + """
+import time
+action = sys.argv[2]
+if action == "wait":
+    for i in range(90):
+        try:
+            g, url = gui()
+            api(url, g.findtext("apikey"), "/rest/system/ping")
+            sys.exit(0)
+        except Exception:
+            time.sleep(1)
+    sys.exit("Syncthing of " + sys.argv[1] + " does not answer on its REST API")
+if not d:
+    sys.exit("no Syncthing config for user " + sys.argv[1])
+g, url = gui()
+key = g.findtext("apikey")
+arg = sys.argv[3]
+e = json.loads(open(arg[1:]).read() if arg.startswith("@") else arg)
+c = json.loads(api(url, key, "/rest/config"))
+def find(items, k, v):
+    return next((x for x in items if x[k] == v), None)
+for x in e.get("devices", []):
+    cur = find(c["devices"], "deviceID", x["deviceID"])
+    if cur is None:
+        cur = json.loads(api(url, key, "/rest/config/defaults/device"))
+        c["devices"].append(cur)
+    cur.update(x)
+gone = set(e.get("remove_devices", []))
+c["devices"] = [x for x in c["devices"] if x["deviceID"] not in gone]
+for f in c["folders"]:
+    f["devices"] = [x for x in f["devices"] if x["deviceID"] not in gone]
+for x in e.get("folders", []):
+    x = dict(x)
+    want = x.pop("devices", [])
+    cur = find(c["folders"], "id", x["id"])
+    if cur is None:
+        cur = json.loads(api(url, key, "/rest/config/defaults/folder"))
+        c["folders"].append(cur)
+    cur.update(x)
+    have = {y["deviceID"] for y in cur["devices"]}
+    cur["devices"] += [{"deviceID": i, "introducedBy": "", "encryptionPassword": ""} for i in want if i not in have]
+gone = set(e.get("remove_folders", []))
+c["folders"] = [x for x in c["folders"] if x["id"] not in gone]
+c["gui"].update(e.get("gui", {}))
+api(url, key, "/rest/config", "PUT", json.dumps(c).encode())
+"""
+)
+
+
+class Node(FactBase):
+    """
+    Returns the state of the Syncthing run by ``user``; an empty dict when it has no config yet.
+
+    ``api`` tells whether the REST API answered (else devices and folders come from
+    config.xml). Folders list their device IDs (the node's own included) and whether the
+    folder holds nothing but Syncthing's marker.
+
+    .. code:: python
+
+        {
+            "api": True,
+            "config": "/var/lib/dnas/.config/syncthing/config.xml",
+            "home": "/var/lib/dnas",
+            "device_id": "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD",
+            "gui": {"address": "127.0.0.1:8384", "tls": False, "user": "", "password_hash": ""},
+            "devices": {"MFZWI3D-...": {"name": "node1", "addresses": ["dynamic"]}},
+            "folders": {
+                "homecloud-data": {
+                    "label": "homecloud data", "path": "/srv/dnas/data", "type": "sendreceive",
+                    "devices": ["MFZWI3D-...", "P56IOI7-..."], "empty": False,
+                },
+            },
+        }
+    """
+
+    default = dict
+    requires_command = "python3"
+
+    def command(self, user: str) -> str:
+        return f"python3 -c {shlex.quote(_NODE_SCRIPT)} {shlex.quote(user)} || true"
+
+    def process(self, output):
+        text = "\n".join(output).strip()
+        if not text:
+            return {}
+        return json.loads(text)
+
+
+class DeviceId(ShortFactBase):
+    """
+    Returns the Syncthing device ID of the node (``None`` before Syncthing first ran).
+
+    .. code:: python
+
+        "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD"
+    """
+
+    fact = Node
+
+    def process_data(self, data):
+        return (data or {}).get("device_id")

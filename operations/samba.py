@@ -1,0 +1,422 @@
+"""
+Samba on a dnas node: Unix accounts, Samba users and the shares of the dnas data folder.
+
+The shares live in one managed include file (default `/etc/samba/homecloud.conf`); the
+distribution's smb.conf is kept and only gets an `include =` line at its end (after a backup
+copy). Every candidate configuration is checked with `testparm -s` before it replaces the
+live one.
+
+Passwords: a Samba password goes to `smbpasswd` on its standard input, never in a command line.
+Whether it must be set is decided without storing it anywhere: the controller computes the NT
+hash of the password it holds (MD4 of the UTF-16LE password, what Samba stores) and compares a
+fingerprint of it, sha256("<user>:<NT hash>"), with the one the node computes from `pdbedit -L
+-w` (fact `samba.SambaUsers`). Equal: nothing to do; different or absent: set it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import struct
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, StringCommand, operation
+from pyinfra.facts.files import FileContents
+from pyinfra.operations.util import files as file_utils
+
+from facts.samba import SambaUsers, UnixAccount
+
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+SHARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+HEADER = "# Managed by homecloud (operations/samba.py): edits here are overwritten."
+
+
+# --- NT hash (MD4), in pure Python: OpenSSL 3 no longer offers MD4 to hashlib ---------------
+
+
+def _rotl(value: int, shift: int) -> int:
+    value &= 0xFFFFFFFF
+    return ((value << shift) | (value >> (32 - shift))) & 0xFFFFFFFF
+
+
+def md4(data: bytes) -> bytes:
+    """MD4 digest (RFC 1320)."""
+    message = bytearray(data)
+    bit_length = (8 * len(data)) & 0xFFFFFFFFFFFFFFFF
+    message.append(0x80)
+    while len(message) % 64 != 56:
+        message.append(0)
+    message += struct.pack("<Q", bit_length)
+
+    rounds = (
+        (lambda x, y, z: (x & y) | (~x & z), 0, range(16), (3, 7, 11, 19)),
+        (
+            lambda x, y, z: (x & y) | (x & z) | (y & z),
+            0x5A827999,
+            (0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15),
+            (3, 5, 9, 13),
+        ),
+        (
+            lambda x, y, z: x ^ y ^ z,
+            0x6ED9EBA1,
+            (0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15),
+            (3, 9, 11, 15),
+        ),
+    )
+    state = [0x67452301, 0xEFCDAB89, 0x98BADCFE, 0x10325476]
+    for offset in range(0, len(message), 64):
+        words = struct.unpack("<16I", bytes(message[offset : offset + 64]))
+        regs = list(state)
+        for function, constant, order, shifts in rounds:
+            for i, k in enumerate(order):
+                # Registers rotate a, d, c, b: the target and its three successors.
+                t = (-i) % 4
+                x, y, z = regs[(t + 1) % 4], regs[(t + 2) % 4], regs[(t + 3) % 4]
+                regs[t] = _rotl(regs[t] + function(x, y, z) + words[k] + constant, shifts[i % 4])
+        state = [(s + r) & 0xFFFFFFFF for s, r in zip(state, regs)]
+    return struct.pack("<4I", *state)
+
+
+def nt_hash(password: str) -> str:
+    """The NT hash Samba stores for a password: MD4(UTF-16LE), upper-case hex."""
+    return md4(password.encode("utf-16-le")).hex().upper()
+
+
+def nt_fingerprint(user: str, password: str) -> str:
+    """What the fact `samba.SambaUsers` reports for `user` when its password is `password`."""
+    return hashlib.sha256(f"{user}:{nt_hash(password)}".encode()).hexdigest()
+
+
+def _unmask(value: str | HiddenValue) -> str:
+    return value.unmask() if isinstance(value, HiddenValue) else str(value)
+
+
+# --- Unix accounts ---------------------------------------------------------------------------
+
+
+@operation()
+def account(
+    user: str,
+    group: str | None = None,
+    uid: int | None = None,
+    gid: int | None = None,
+    home: str = "/nonexistent",
+    shell: str = "/usr/sbin/nologin",
+    present: bool = True,
+):
+    """
+    Create a Unix account without login shell or home when it is absent; leave an existing one
+    as it is (it may be a real person's login), but refuse one whose uid/gid differs from the
+    fixed ids asked for (files would change hands).
+
+    + user: the account name
+    + group: its primary group (default: a group named like the user), created when absent
+    + uid: fixed user id (None: the next free one)
+    + gid: fixed group id (None: the next free one)
+    + home: home directory written in passwd (not created)
+    + shell: login shell (default: no login)
+    + present: False removes the account (not its files, not its group)
+
+    **Example:**
+
+    .. code:: python
+
+        samba.account(user="dnas", uid=2000, gid=2000, home="/srv/dnas")
+    """
+    if not USER_RE.match(user):
+        raise OperationError(f"`{user}` is not a valid user name")
+    group = group or user
+    if not USER_RE.match(group):
+        raise OperationError(f"`{group}` is not a valid group name")
+
+    current = host.get_fact(UnixAccount, user=user, group=group)
+    existing_user = current["user"]
+    existing_group = current["group"]
+
+    if not present:
+        if existing_user:
+            yield StringCommand("userdel", shlex.quote(user))
+        else:
+            host.noop(f"user {user} is absent")
+        return
+
+    if existing_user:
+        if uid is not None and existing_user["uid"] != uid:
+            raise OperationError(
+                f"user {user} exists with uid {existing_user['uid']}, not {uid}: change it by hand "
+                f"(usermod -u {uid} {user}, then chown its files) or set the uid to {existing_user['uid']}"
+            )
+        if gid is not None and existing_group and existing_group["gid"] != gid:
+            raise OperationError(
+                f"group {group} exists with gid {existing_group['gid']}, not {gid}: change it by hand "
+                f"or set the gid to {existing_group['gid']}"
+            )
+        host.noop(f"user {user} exists (left as it is)")
+        return
+
+    if existing_group is None:
+        args = ["groupadd"]
+        if gid is not None:
+            args += ["--gid", str(gid)]
+        yield StringCommand(*args, shlex.quote(group))
+    elif gid is not None and existing_group["gid"] != gid:
+        raise OperationError(
+            f"group {group} exists with gid {existing_group['gid']}, not {gid}: change it by hand "
+            f"or set the gid to {existing_group['gid']}"
+        )
+
+    args = ["useradd", "--no-create-home", "--home-dir", shlex.quote(home), "--shell", shlex.quote(shell)]
+    args += ["--gid", shlex.quote(group)]
+    if uid is not None:
+        args += ["--uid", str(uid)]
+    yield StringCommand(*args, shlex.quote(user))
+
+
+# --- Samba users ------------------------------------------------------------------------------
+
+
+@operation()
+def user(
+    user: str,
+    password: str | HiddenValue | None = None,
+    present: bool = True,
+):
+    """
+    A Samba user: a Unix account (no login shell, no home; an existing account is kept as it
+    is) and its Samba password, set through stdin only when it differs from the one Samba has.
+
+    + user: the user name
+    + password: the password (wrap it in ``HiddenValue``); required when present
+    + present: False removes the user from Samba's database (the Unix account is kept)
+
+    **Example:**
+
+    .. code:: python
+
+        samba.user(user="alice", password=HiddenValue(secret("samba_alice")))
+    """
+    if not USER_RE.match(user):
+        raise OperationError(f"`{user}` is not a valid user name")
+
+    samba_users = host.get_fact(SambaUsers)
+    existing = samba_users.get(user)
+
+    if not present:
+        if existing:
+            yield StringCommand("pdbedit", "--delete", "--user", shlex.quote(user))
+        else:
+            host.noop(f"Samba user {user} is absent")
+        return
+
+    if password is None or not _unmask(password):
+        raise OperationError(f"Samba user {user}: a password is required")
+    clear = _unmask(password)
+    if "\n" in clear or "\r" in clear:
+        raise OperationError(f"Samba user {user}: the password may not contain a line break")
+
+    yield from account._inner(user=user)
+
+    # smbpasswd -s reads the new password twice from stdin; nothing secret is in the command.
+    stdin = [clear, clear]
+    if existing is None:
+        yield StringCommand("smbpasswd", "-a", "-s", shlex.quote(user), _stdin=stdin)
+    else:
+        changed = False
+        if existing["fingerprint"] != nt_fingerprint(user, clear):
+            yield StringCommand("smbpasswd", "-s", shlex.quote(user), _stdin=stdin)
+            changed = True
+        if existing["disabled"]:
+            yield StringCommand("smbpasswd", "-e", shlex.quote(user))
+            changed = True
+        if not changed:
+            host.noop(f"Samba user {user} exists with this password")
+
+
+# --- Shares -----------------------------------------------------------------------------------
+
+
+def render_shares(
+    shares: list[dict],
+    users: list[str],
+    force_user: str,
+    force_group: str,
+    workgroup: str,
+) -> str:
+    """The managed include file: a [global] override and one section per share."""
+    guest = any(share.get("guest_ok") for share in shares)
+    lines = [
+        HEADER,
+        "# Included at the end of smb.conf; testparm -s shows the effective configuration.",
+        "[global]",
+        f"   workgroup = {workgroup}",
+        # Unknown users and wrong passwords are refused; guests only where a share allows them.
+        f"   map to guest = {'Bad User' if guest else 'Never'}",
+    ]
+    if not guest:
+        # No anonymous (null) sessions either: not even the list of shares without logging in.
+        lines.append("   restrict anonymous = 2")
+    lines.append("")
+    for share in shares:
+        valid = list(share.get("valid_users") or [])
+        if not valid and not share.get("guest_ok"):
+            valid = list(users)
+        lines += [
+            f"[{share['name']}]",
+            f"   path = {share['path']}",
+            "   browseable = yes",
+            f"   read only = {'yes' if share.get('read_only') else 'no'}",
+            f"   guest ok = {'yes' if share.get('guest_ok') else 'no'}",
+        ]
+        if valid:
+            lines.append(f"   valid users = {' '.join(valid)}")
+        lines += [
+            # Every file lands with the dnas owner, whoever writes it (Syncthing, NFS see it).
+            f"   force user = {force_user}",
+            f"   force group = {force_group}",
+            "   create mask = 0664",
+            "   directory mask = 0775",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _ere_escape(text: str) -> str:
+    return re.sub(r"([.\[\]\\*^$+?(){}|])", r"\\\1", text)
+
+
+def _normalized(lines) -> list[str]:
+    return [line.rstrip() for line in lines if line.strip()]
+
+
+def _include_pattern(include: str) -> str:
+    """grep -E pattern of our include line, however it is spaced."""
+    return f"^[[:space:]]*include[[:space:]]*=[[:space:]]*{_ere_escape(include)}[[:space:]]*$"
+
+
+def _testparm_candidate(smb_conf: str, include: str, candidate: str, drop_candidate: bool) -> str:
+    """
+    Shell: build the candidate smb.conf (the live one without our include line, plus an
+    include of `candidate` at the end) in a temporary file and check it with testparm.
+    """
+    pattern = _include_pattern(include)
+    on_fail = f"rm -f {shlex.quote(candidate)}; " if drop_candidate else ""
+    return (
+        'tmp=$(mktemp) && { grep -v -E ' + shlex.quote(pattern) + " " + shlex.quote(smb_conf)
+        + "; printf '\\ninclude = %s\\n' " + shlex.quote(candidate) + '; } > "$tmp" && '
+        'if testparm -s "$tmp" > /dev/null 2> "$tmp.err"; then rm -f "$tmp" "$tmp.err"; '
+        'else cat "$tmp.err" >&2; rm -f "$tmp" "$tmp.err"; ' + on_fail
+        + "echo 'testparm refused the new Samba configuration' >&2; exit 1; fi"
+    )
+
+
+@operation()
+def config(
+    shares: list[dict],
+    users: list[str],
+    force_user: str,
+    force_group: str,
+    workgroup: str = "WORKGROUP",
+    smb_conf: str = "/etc/samba/smb.conf",
+    include: str = "/etc/samba/homecloud.conf",
+    present: bool = True,
+):
+    """
+    Serve shares through a managed include file of smb.conf. The candidate configuration is
+    checked with ``testparm -s`` before it replaces the live one; smb.conf is copied to
+    ``smb.conf.<timestamp>`` before its include line is added or removed, and a replaced include
+    file to ``<include>.<timestamp>``. Reload Samba when this operation changed something.
+
+    + shares: list of {name, path (absolute), read_only, valid_users, guest_ok}
+    + users: every Samba user (the valid users of a share whose valid_users is empty)
+    + force_user: the owner of every file written through Samba
+    + force_group: the group of every file written through Samba
+    + workgroup: the SMB workgroup
+    + smb_conf: the distribution's smb.conf (kept; gets one include line)
+    + include: the managed include file
+    + present: False removes the include line and moves the include file to
+      ``<include>.<timestamp>`` (the shared data is not touched)
+
+    **Example:**
+
+    .. code:: python
+
+        samba.config(
+            shares=[{"name": "data", "path": "/srv/dnas/data", "valid_users": ["alice"]}],
+            users=["alice"],
+            force_user="dnas",
+            force_group="dnas",
+        )
+    """
+    include_re = re.compile(rf"^\s*include\s*=\s*{re.escape(include)}\s*$")
+    smb_lines = host.get_fact(FileContents, path=smb_conf)
+    if smb_lines is None:
+        if present:
+            raise OperationError(f"{smb_conf} is missing: install samba first")
+        smb_lines = []
+    included = any(include_re.match(line) for line in smb_lines)
+    current = host.get_fact(FileContents, path=include)
+    backup = f"{smb_conf}.{file_utils.get_timestamp()}"
+
+    if not present:
+        if not included and current is None:
+            host.noop("Samba shares of homecloud are absent")
+            return
+        if included:
+            yield (
+                f"cp -p {shlex.quote(smb_conf)} {shlex.quote(backup)} && tmp=$(mktemp) && "
+                f"grep -v -E {shlex.quote(_include_pattern(include))} {shlex.quote(smb_conf)} > \"$tmp\"; "
+                f"cat \"$tmp\" > {shlex.quote(smb_conf)} && rm -f \"$tmp\""
+            )
+        if current is not None:
+            # Moved aside, not deleted: it may hold edits made by hand.
+            yield f"mv -f {shlex.quote(include)} {shlex.quote(include + '.' + file_utils.get_timestamp())}"
+        return
+
+    names = set()
+    for share in shares:
+        if not isinstance(share, dict) or not {"name", "path"} <= set(share):
+            raise OperationError(f"share {share!r}: name and path are required")
+        if not SHARE_NAME_RE.match(share["name"]):
+            raise OperationError(f"share name `{share['name']}` is invalid")
+        if share["name"].lower() in names:
+            raise OperationError(f"share `{share['name']}` is defined twice")
+        names.add(share["name"].lower())
+        if not str(share["path"]).startswith("/") or "\n" in str(share["path"]):
+            raise OperationError(f"share `{share['name']}`: path must be absolute (one line)")
+        for user_name in share.get("valid_users") or []:
+            if not USER_RE.match(user_name):
+                raise OperationError(f"share `{share['name']}`: `{user_name}` is not a valid user name")
+    for value in (*users, force_user, force_group):
+        if not USER_RE.match(value):
+            raise OperationError(f"`{value}` is not a valid user or group name")
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$", workgroup):
+        raise OperationError(f"workgroup `{workgroup}` is invalid (1-15 letters, digits, ._-)")
+
+    wanted = render_shares(shares, users, force_user, force_group, workgroup)
+    candidate = f"{include}.candidate"
+
+    if current is None or _normalized(current) != _normalized(wanted.splitlines()):
+        yield FileUploadCommand(
+            StringIO(wanted.rstrip("\n") + "\n"),
+            candidate,
+            remote_temp_filename=host.get_temp_filename(candidate),
+        )
+        yield _testparm_candidate(smb_conf, include, candidate, drop_candidate=True)
+        if current is not None:
+            # Edits made by hand to the managed file are kept in a copy, never just lost.
+            yield f"cp -p {shlex.quote(include)} {shlex.quote(include + '.' + file_utils.get_timestamp())}"
+        yield f"chmod 644 {shlex.quote(candidate)} && mv -f {shlex.quote(candidate)} {shlex.quote(include)}"
+    elif not included:
+        yield _testparm_candidate(smb_conf, include, include, drop_candidate=False)
+
+    if not included:
+        yield (
+            f"cp -p {shlex.quote(smb_conf)} {shlex.quote(backup)} && "
+            f"sed -i -e '$a\\' {shlex.quote(smb_conf)} && "
+            f"printf 'include = %s\\n' {shlex.quote(include)} >> {shlex.quote(smb_conf)}"
+        )
+
+    if current is not None and included and _normalized(current) == _normalized(wanted.splitlines()):
+        host.noop("Samba shares are up to date")

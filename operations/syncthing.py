@@ -1,0 +1,511 @@
+"""
+Syncthing run as a system user (``syncthing@<user>``): where the package comes from, the
+service, its GUI, and the devices and folders it shares.
+
+Changes go through Syncthing's REST API by a small helper program installed on the node
+(``/usr/local/lib/homecloud/syncthing-api``): it reads the API key from the user's config.xml
+itself, so the key never leaves the node nor appears in a command line, and it merges each
+change into the configuration Syncthing holds at that moment and saves it in one request, so
+devices and folders added by hand are kept and a new peer gets its device and its folders at
+once (before it connects). Whether anything is to change is decided from the ``syncthing.Node``
+fact.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from io import StringIO
+
+from pyinfra import host, state
+from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, QuoteString, StringCommand, operation
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
+from pyinfra.operations import files
+
+from facts.syncthing import API_CLIENT, DeviceId, Node
+
+CLIENT_PATH = "/usr/local/lib/homecloud/syncthing-api"
+KEYRING = "/etc/apt/keyrings/syncthing-archive-keyring.gpg"
+KEY_URL = "https://syncthing.net/release-key.gpg"
+SOURCES_LIST = "/etc/apt/sources.list.d/syncthing.list"
+PREFERENCES = "/etc/apt/preferences.d/syncthing.pref"
+LOOPBACK = ("127.", "localhost:", "[::1]:")
+
+
+def _client(user: str, action: str, argument: str | None = None) -> StringCommand:
+    parts: list = ["python3", CLIENT_PATH, QuoteString(user), action]
+    if argument is not None:
+        parts.append(QuoteString(argument))
+    return StringCommand(*parts)
+
+
+def _edit(user: str, edit: dict) -> StringCommand:
+    return _client(user, "edit", json.dumps(edit, sort_keys=True, separators=(",", ":")))
+
+
+def _node(user: str) -> dict:
+    """The Node fact; a node whose Syncthing has not started yet is an error only at execute time."""
+    node = host.get_fact(Node, user=user)
+    if not node and state.is_executing:
+        raise OperationError(
+            f"{host.name}: Syncthing of user {user} has no configuration yet. Fix: start it first "
+            f"(syncthing.service, or systemctl start syncthing@{user})."
+        )
+    return node or {}
+
+
+@operation()
+def repository(channel: str = "stable", present: bool = True):
+    """
+    Use Syncthing's own signed apt repository (apt.syncthing.net) instead of Debian's package.
+
+    + channel: the repository channel (``stable``; Syncthing 2.x is published as ``stable-v2``)
+    + present: False removes the repository (the installed package stays)
+
+    The key is downloaded once into ``/etc/apt/keyrings`` and only this repository trusts it
+    (``signed-by``); a pin makes apt prefer its packages over Debian's. ``apt-get update`` runs
+    when anything changed.
+
+    **Example:**
+
+    .. code:: python
+
+        syncthing.repository(name="Syncthing's apt repository", channel="stable")
+    """
+    source = f"deb [signed-by={KEYRING}] https://apt.syncthing.net/ syncthing {channel}\n"
+    pin = "# Managed by homecloud: prefer Syncthing's own packages.\nPackage: *\nPin: origin apt.syncthing.net\nPin-Priority: 990\n"
+    changes: list = []
+    if present:
+        changes += files.directory._inner(path="/etc/apt/keyrings", mode="755")
+        changes += files.download._inner(src=KEY_URL, dest=KEYRING, mode="644")
+        changes += files.put._inner(src=StringIO(source), dest=SOURCES_LIST, mode="644")
+        changes += files.put._inner(src=StringIO(pin), dest=PREFERENCES, mode="644")
+    else:
+        for path in (SOURCES_LIST, PREFERENCES, KEYRING):
+            changes += files.file._inner(path=path, present=False)
+    if changes:
+        yield from changes
+        yield "apt-get update -qq"
+    else:
+        host.noop("Syncthing's apt repository is " + ("configured" if present else "not configured"))
+
+
+@operation()
+def service(user: str, present: bool = True):
+    """
+    Run Syncthing as ``syncthing@<user>`` (enabled at boot) and wait until its API answers.
+
+    + user: the system user Syncthing runs as (its config is in that user's home)
+    + present: False stops and disables the service (its config and the data stay)
+
+    A drop-in sets ``STNODEFAULTFOLDER=1`` so the first start creates no "Default Folder"
+    (~/Sync). The REST helper this module's operations use is installed with it. The service
+    restarts only when the drop-in changed.
+
+    **Example:**
+
+    .. code:: python
+
+        syncthing.service(name="Syncthing for the NAS user", user="dnas")
+    """
+    unit = f"syncthing@{user}.service"
+    dropin = f"/etc/systemd/system/{unit}.d/homecloud.conf"
+    status = host.get_fact(SystemdStatus, services=[unit])
+    enabled = host.get_fact(SystemdEnabled, services=[unit])
+    running, is_enabled = status.get(unit), enabled.get(unit)
+
+    if not present:
+        commands: list = []
+        if running:
+            commands.append(StringCommand("systemctl stop", QuoteString(unit)))
+        if is_enabled:
+            commands.append(StringCommand("systemctl disable", QuoteString(unit)))
+        removed = list(files.file._inner(path=dropin, present=False))
+        if removed:
+            commands += removed
+            commands.append("systemctl daemon-reload")
+        if commands:
+            yield from commands
+        else:
+            host.noop(f"{unit} is not running")
+        return
+
+    client = list(
+        files.put._inner(src=StringIO(API_CLIENT), dest=CLIENT_PATH, user="root", group="root", mode="755")
+    )
+    conf = list(
+        files.put._inner(
+            src=StringIO(
+                "# Managed by homecloud (operations/syncthing.py).\n"
+                "[Service]\n"
+                "# No \"Default Folder\" (~/Sync) on the first start.\n"
+                "Environment=STNODEFAULTFOLDER=1\n"
+            ),
+            dest=dropin,
+            user="root",
+            group="root",
+            mode="644",
+        )
+    )
+    yield from client
+    yield from conf
+    if conf:
+        yield "systemctl daemon-reload"
+    if not is_enabled:
+        yield StringCommand("systemctl enable", QuoteString(unit))
+    if not running:
+        yield StringCommand("systemctl start", QuoteString(unit))
+    elif conf:
+        yield StringCommand("systemctl restart", QuoteString(unit))
+    if not running or conf:
+        yield _client(user, "wait")
+    if not (client or conf or not is_enabled or not running):
+        host.noop(f"{unit} is running")
+
+
+def _password_matches(password: str, hashed: str) -> bool | None:
+    """Whether a bcrypt hash (as Syncthing stores it) is of this password; None: cannot tell."""
+    try:
+        import bcrypt  # type: ignore[import-not-found]
+
+        return bcrypt.checkpw(password.encode(), hashed.encode())
+    except ImportError:
+        pass
+    except ValueError:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import crypt  # deprecated, gone in Python 3.13
+
+        result = crypt.crypt(password, hashed)
+        return None if result is None else result == hashed
+    except (ImportError, OSError):
+        return None
+
+
+@operation()
+def gui(
+    user: str,
+    address: str = "127.0.0.1:8384",
+    password: str | HiddenValue | None = None,
+    gui_user: str = "homecloud",
+):
+    """
+    Bind Syncthing's GUI / REST API to an address; beyond loopback only with a password and TLS.
+
+    + user: the system user Syncthing runs as
+    + address: ``host:port`` the GUI listens on
+    + password: the GUI password (required unless the address is loopback; a ``HiddenValue``
+      keeps it out of pyinfra's output); it reaches the node in a file of mode 0600, never on a
+      command line; Syncthing stores a bcrypt hash
+    + gui_user: the GUI user name that goes with the password
+
+    A password already set is compared with its bcrypt hash on the controller (``bcrypt`` or
+    ``crypt``); where neither can check it, it is left as it is.
+
+    **Example:**
+
+    .. code:: python
+
+        syncthing.gui(
+            name="Syncthing GUI on the LAN",
+            user="dnas",
+            address="0.0.0.0:8384",
+            password=HiddenValue(secret("syncthing_gui")),
+        )
+    """
+    if isinstance(password, HiddenValue):
+        password = password.unmask()
+    loopback = address.startswith(LOOPBACK)
+    if not loopback and not password:
+        raise OperationError(
+            f"{host.name}: the Syncthing GUI would listen on {address} without a password. "
+            "Fix: set a password (syncthing_gui_password) or keep it on 127.0.0.1:8384."
+        )
+    node = _node(user)
+    current = node.get("gui") or {}
+    change: dict = {}
+    if current.get("address") != address:
+        change["address"] = address
+    if not loopback and not current.get("tls"):
+        change["useTLS"] = True
+    secret_change: dict = {}
+    if password:
+        if current.get("user") != gui_user:
+            secret_change["user"] = gui_user
+        hashed = current.get("password_hash") or ""
+        if not hashed or _password_matches(password, hashed) is False:
+            secret_change["user"] = gui_user
+            secret_change["password"] = password
+    if not change and not secret_change:
+        host.noop(f"Syncthing GUI of {user} listens on {address}")
+        return
+    if "password" not in secret_change:
+        yield _edit(user, {"gui": {**change, **secret_change}})
+        return
+    temp = host.get_temp_filename(f"syncthing-gui-{user}")
+    yield StringCommand("install -m 600 /dev/null", QuoteString(temp))
+    yield FileUploadCommand(StringIO(json.dumps({"gui": {**change, **secret_change}}, sort_keys=True)), temp)
+    yield StringCommand(
+        "python3", CLIENT_PATH, QuoteString(user), "edit", QuoteString("@" + temp), "; rc=$?; rm -f", QuoteString(temp), "; exit $rc"
+    )
+
+
+@operation()
+def remove_default_folder(user: str):
+    """
+    Remove Syncthing's "Default Folder" (~/Sync), but only when it is untouched.
+
+    + user: the system user Syncthing runs as
+
+    Untouched means: id ``default``, label "Default Folder", path ``~/Sync``, shared with no
+    other device and holding no file. Anything else is kept (somebody uses it). Only the
+    folder's entry is removed; the (empty) directory stays.
+
+    **Example:**
+
+    .. code:: python
+
+        syncthing.remove_default_folder(name="No default folder", user="dnas")
+    """
+    node = _node(user)
+    folder = (node.get("folders") or {}).get("default")
+    if not folder:
+        host.noop(f"Syncthing of {user} has no default folder")
+        return
+    untouched = (
+        folder.get("label") == "Default Folder"
+        and folder.get("path", "").rstrip("/") == f"{node.get('home')}/Sync"
+        and [d for d in folder.get("devices", []) if d != node.get("device_id")] == []
+        and folder.get("empty")
+    )
+    if not untouched:
+        host.noop(f"the default folder of {user}'s Syncthing is in use: kept")
+        return
+    yield _edit(user, {"remove_folders": ["default"]})
+
+
+def _device_entry(device_id: str, device_name: str | None, addresses: list[str] | None) -> dict:
+    entry: dict = {"deviceID": device_id}
+    if device_name is not None:
+        entry["name"] = device_name
+    if addresses is not None:
+        entry["addresses"] = list(addresses)
+    return entry
+
+
+def _device_differs(node: dict, entry: dict) -> bool:
+    current = (node.get("devices") or {}).get(entry["deviceID"])
+    if current is None:
+        return True
+    return any(current.get(key) != value for key, value in entry.items() if key != "deviceID")
+
+
+def _folder_change(node: dict, folder_id: str, path: str, label: str | None, devices: list[str]) -> dict | None:
+    """The folder edit needed (None: nothing to do). Raises when the folder is elsewhere."""
+    current = (node.get("folders") or {}).get(folder_id)
+    if current is None:
+        return {"id": folder_id, "label": label or folder_id, "path": path, "type": "sendreceive", "devices": sorted(devices)}
+    if current.get("path", "").rstrip("/") != path.rstrip("/"):
+        raise OperationError(
+            f"{host.name}: Syncthing folder {folder_id} is at {current.get('path')}, not {path}. homecloud never "
+            "moves a folder. Fix: move it in the Syncthing GUI (or remove it there), or use another folder id."
+        )
+    change: dict = {}
+    if label is not None and current.get("label") != label:
+        change["label"] = label
+    missing = sorted(set(devices) - set(current.get("devices") or []))
+    if missing:
+        change["devices"] = missing
+    return {"id": folder_id, **change} if change else None
+
+
+@operation()
+def device(
+    user: str,
+    device_id: str,
+    device_name: str | None = None,
+    addresses: list[str] | None = None,
+    present: bool = True,
+):
+    """
+    Add, update or remove a remote device (another node, a phone, a laptop).
+
+    + user: the system user Syncthing runs as
+    + device_id: the device's Syncthing ID
+    + device_name: its name (kept as it is when not given)
+    + addresses: how to reach it, e.g. ``["tcp://192.168.1.12:22000", "dynamic"]`` (new devices
+      get ``["dynamic"]`` when not given)
+    + present: False removes the device (and its share of every folder; no file is deleted)
+
+    **Example:**
+
+    .. code:: python
+
+        syncthing.device(
+            name="Phone",
+            user="dnas",
+            device_id="P56IOI7-MZJNU2Y-IQGDREY-DM2MGTI-MGL3BXN-PQ6W5BM-TBBZ4TJ-XZWICQ2",
+            device_name="phone",
+        )
+    """
+    node = _node(user)
+    if device_id == node.get("device_id"):
+        host.noop(f"{device_id} is this node itself")
+        return
+    known = device_id in (node.get("devices") or {})
+    if not present:
+        if known:
+            yield _edit(user, {"remove_devices": [device_id]})
+        else:
+            host.noop(f"Syncthing of {user} does not know device {device_id}")
+        return
+    if not known and addresses is None:
+        addresses = ["dynamic"]
+    entry = _device_entry(device_id, device_name, addresses)
+    if _device_differs(node, entry):
+        yield _edit(user, {"devices": [entry]})
+    else:
+        host.noop(f"Syncthing of {user} knows device {device_name or device_id}")
+
+
+@operation()
+def folder(
+    user: str,
+    folder_id: str,
+    path: str,
+    label: str | None = None,
+    devices: list[str] | None = None,
+    present: bool = True,
+):
+    """
+    Add a folder shared with devices, or add devices to it; remove it with present=False.
+
+    + user: the system user Syncthing runs as
+    + folder_id: the folder ID (the same on every device sharing it)
+    + path: where it lives on this node (absolute)
+    + label: its label
+    + devices: device IDs it is shared with; devices it already has stay (added by hand)
+    + present: False removes the folder from Syncthing; its files stay on disk
+
+    A folder that exists at another path is an error: homecloud never moves a folder.
+
+    **Example:**
+
+    .. code:: python
+
+        syncthing.folder(
+            name="Share the data folder",
+            user="dnas",
+            folder_id="homecloud-data",
+            path="/srv/dnas/data",
+            label="homecloud data",
+            devices=["P56IOI7-MZJNU2Y-IQGDREY-DM2MGTI-MGL3BXN-PQ6W5BM-TBBZ4TJ-XZWICQ2"],
+        )
+    """
+    node = _node(user)
+    if not present:
+        if folder_id in (node.get("folders") or {}):
+            yield _edit(user, {"remove_folders": [folder_id]})
+        else:
+            host.noop(f"Syncthing of {user} has no folder {folder_id}")
+        return
+    unknown = sorted(set(devices or []) - set(node.get("devices") or {}))
+    if unknown and node:
+        raise OperationError(
+            f"{host.name}: folder {folder_id} is to be shared with unknown device(s) {', '.join(unknown)}. "
+            "Fix: add them first (syncthing.device) or use syncthing.mesh."
+        )
+    change = _folder_change(node, folder_id, path, label, list(devices or []))
+    if change:
+        yield _edit(user, {"folders": [change]})
+    else:
+        host.noop(f"Syncthing folder {folder_id} is shared as wanted")
+
+
+@operation()
+def mesh(
+    user: str,
+    peers: dict[str, str] | None = None,
+    folders: list[dict] | None = None,
+    devices: list[dict] | None = None,
+    port: int = 22000,
+    sudo: bool = False,
+):
+    """
+    Peer this node with other nodes and devices and share folders among them, in one change.
+
+    + user: the system user Syncthing runs as (the same on every peer)
+    + peers: inventory host name -> LAN address of each peer node; each peer's device ID is
+      read from that host (``syncthing.DeviceId`` fact) when the operation runs. This host
+      itself may be listed (it is skipped).
+    + folders: ``[{"id": ..., "label": ..., "path": <absolute path>}]`` shared with every peer
+    + devices: other devices (phones, laptops): ``[{"name": ..., "id": ..., "folders": [ids]}]``
+    + port: the Syncthing port of the peers
+    + sudo: read the peers' facts with sudo
+
+    Devices and folders are merged into what the node has (nothing it has is removed) and
+    saved in one configuration change, so a new peer has its folders before it connects.
+
+    **Example:**
+
+    .. code:: python
+
+        syncthing.mesh(
+            name="Syncthing full mesh",
+            user="dnas",
+            peers={"pi1": "192.168.1.11", "pi2": "192.168.1.12"},
+            folders=[{"id": "homecloud-data", "label": "homecloud data", "path": "/srv/dnas/data"}],
+            devices=[{"name": "phone", "id": "P56IOI7-...", "folders": ["homecloud-data"]}],
+        )
+    """
+    node = _node(user)
+    own = node.get("device_id")
+    wanted: list[dict] = []
+    peer_ids: list[str] = []
+    pending: list[str] = []
+    for peer_name, peer_address in (peers or {}).items():
+        if peer_name == host.name:
+            continue
+        peer = state.inventory.get_host(peer_name, None)
+        if peer is None:
+            raise OperationError(f"{host.name}: Syncthing peer {peer_name} is not a host of the inventory")
+        peer_id = peer.get_fact(DeviceId, user=user, _sudo=sudo)
+        if not peer_id:
+            if state.is_executing:
+                raise OperationError(
+                    f"{host.name}: peer {peer_name} has no Syncthing device ID (syncthing@{user} never ran there). "
+                    "Fix: look at the errors of that host; run the deploy again once it is up."
+                )
+            pending.append(peer_name)
+            continue
+        if peer_id == own:
+            continue
+        peer_ids.append(peer_id)
+        wanted.append(_device_entry(peer_id, peer_name, [f"tcp://{peer_address}:{port}", "dynamic"]))
+    for other in devices or []:
+        entry = {"deviceID": other["id"], "name": other["name"]}
+        if other["id"] not in (node.get("devices") or {}):
+            entry["addresses"] = list(other.get("addresses") or ["dynamic"])
+        elif other.get("addresses"):
+            entry["addresses"] = list(other["addresses"])
+        wanted.append(entry)
+
+    edit: dict = {}
+    changed_devices = [entry for entry in wanted if _device_differs(node, entry)]
+    if changed_devices:
+        edit["devices"] = changed_devices
+    changed_folders = []
+    for shared in folders or []:
+        members = peer_ids + [other["id"] for other in devices or [] if shared["id"] in (other.get("folders") or [])]
+        change = _folder_change(node, shared["id"], shared["path"], shared.get("label"), members)
+        if change:
+            changed_folders.append(change)
+    if changed_folders:
+        edit["folders"] = changed_folders
+    if edit:
+        yield _edit(user, edit)
+    else:
+        waiting = f" (device IDs of {', '.join(pending)} are read when the deploy runs)" if pending else ""
+        host.noop(f"Syncthing of {user} is peered and shares its folders{waiting}")

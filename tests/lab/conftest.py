@@ -1,0 +1,207 @@
+"""
+Fixtures for the lab tier (tests/lab/test_*.py). Selected with the options of tests/conftest.py:
+
+- ``--lab=local``: the nspawn lab of this host (instance $HOMECLOUD_LAB, default `hc`; root
+  needed). Brought up when it is not (``$HOMECLOUD_LAB_NODES`` nodes, default 4) and taken down
+  at the end only if this session brought it up (``HOMECLOUD_LAB_KEEP=1`` keeps it);
+- ``--lab=vagrant``: lab/vagrant.py (``available()``, ``up()``, ``destroy()``) and
+  inventories/vagrant.py;
+- ``--inventory PATH``: a real, already deployed cluster: the checks run, nothing is deployed,
+  destructive tests are skipped.
+
+Fixtures:
+
+- ``lab_mode``: "local", "vagrant" or "inventory" (skips the test when no lab is selected);
+- ``lab_inventory``: path of the inventory file of the selected target;
+- ``deployed``: runs ``pyinfra -y --json <inventory> deploys/all.py`` once per session
+  (``$HOMECLOUD_TEST_DEPLOY`` names another deploy file, to develop one layer) and
+  returns the parsed JSON (see lab/results.py: per operation ``success`` = hosts changed,
+  ``no_change``, ``error``); fails every dependent test with pyinfra's report when the deploy
+  fails. With --inventory: no deploy, ``{"results": None, "mode": "inventory"}``;
+- ``pyinfra_run(deploy_file, *extra_args)``: run another deploy (path relative to the repository
+  root) against the same inventory; parsed JSON plus ``returncode``/``stderr``;
+- ``inventory_hosts``: the inventory's hosts as pyinfra loads them ([{"name", "groups", "data"}]);
+- ``testinfra_hosts(group)``: testinfra hosts (SSH, built from the inventory's ssh data) of a
+  group ("all" for every host);
+- ``lab_api``: the `lab.api` module (local lab only; skips otherwise).
+
+Marker ``destructive``: only on a lab (local or vagrant), never with --inventory. In this folder
+the idempotence test runs first (right after the deploy) and destructive tests last.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from lab import results as pyinfra_results
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SKIP_REASON = "run with --lab=local (root, Debian) or --inventory"
+HERE = Path(__file__).resolve().parent
+
+
+def main_deploy() -> str:
+    """The deploy the session deploys and re-runs: deploys/all.py ($HOMECLOUD_TEST_DEPLOY to try
+    one layer while developing it)."""
+    return os.environ.get("HOMECLOUD_TEST_DEPLOY", "deploys/all.py")
+
+
+def _mode(config) -> str:
+    if config.getoption("--inventory"):
+        return "inventory"
+    return config.getoption("--lab")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark this folder's tests `lab`; among them run the idempotence test first (right after the
+    deploy) and destructive tests last. Other tests keep their places."""
+
+    def mine(item) -> bool:
+        return HERE in Path(str(item.fspath)).resolve().parents
+
+    def key(item) -> int:
+        if "idempotence" in item.nodeid:
+            return 0
+        return 2 if item.get_closest_marker("destructive") else 1
+
+    positions = [i for i, item in enumerate(items) if mine(item)]
+    ordered = sorted((items[i] for i in positions), key=key)
+    for i, item in zip(positions, ordered):
+        item.add_marker(pytest.mark.lab)
+        items[i] = item
+
+
+@pytest.fixture(autouse=True)
+def _lab_gate(request):
+    mode = _mode(request.config)
+    if mode == "none":
+        pytest.skip(SKIP_REASON)
+    if request.node.get_closest_marker("destructive") and mode == "inventory":
+        pytest.skip("destructive test: only on a lab (--lab=local or --lab=vagrant), never against --inventory")
+
+
+@pytest.fixture(scope="session")
+def lab_mode(request) -> str:
+    mode = _mode(request.config)
+    if mode == "none":
+        pytest.skip(SKIP_REASON)
+    if mode == "inventory" and request.config.getoption("--lab") != "none":
+        pytest.fail("give either --lab or --inventory, not both")
+    return mode
+
+
+@pytest.fixture(scope="session")
+def lab_inventory(request, lab_mode):
+    keep = bool(os.environ.get("HOMECLOUD_LAB_KEEP"))
+    if lab_mode == "inventory":
+        path = Path(request.config.getoption("--inventory")).resolve()
+        if not path.is_file():
+            pytest.fail(f"--inventory {path}: no such file")
+        yield path
+        return
+    if lab_mode == "local":
+        if os.geteuid() != 0:
+            pytest.skip("--lab=local needs root (network namespaces, mounts, loop devices)")
+        from lab import api
+
+        started = not api.is_up()
+        api.up(nodes=int(os.environ.get("HOMECLOUD_LAB_NODES", "4")))  # also restarts stopped nodes
+        try:
+            yield REPO_ROOT / "inventories" / "lab.py"
+        finally:
+            if started and not keep:
+                api.down()
+        return
+    # vagrant
+    try:
+        from lab import vagrant
+    except ImportError as e:
+        pytest.skip(f"--lab=vagrant: lab/vagrant.py is not available ({e})")
+    ok, reason = vagrant.available()
+    if not ok:
+        pytest.skip(f"--lab=vagrant: {reason}")
+    vagrant.up()
+    try:
+        yield REPO_ROOT / "inventories" / "vagrant.py"
+    finally:
+        if not keep:
+            vagrant.destroy()
+
+
+@pytest.fixture(scope="session")
+def pyinfra_run(lab_mode, lab_inventory):
+    """pyinfra_run("deploys/x.py", "--limit", "node1") -> parsed --json results."""
+
+    def run(deploy_file, *extra_args, timeout: float = 3600):
+        if lab_mode == "inventory" and "--dry" not in extra_args:
+            pytest.skip("no deploy against a real cluster (--inventory): checks only")
+        deploy = Path(deploy_file)
+        if not deploy.is_absolute():
+            deploy = REPO_ROOT / deploy
+        return pyinfra_results.run_pyinfra(lab_inventory, deploy, *extra_args, timeout=timeout)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def deployed(lab_mode, lab_inventory):
+    if lab_mode == "inventory":
+        return {"results": None, "mode": "inventory", "returncode": 0}
+    deploy = REPO_ROOT / main_deploy()
+    result = pyinfra_results.run_pyinfra(lab_inventory, deploy)
+    if result["returncode"] != 0 or pyinfra_results.errors(result) or pyinfra_results.failed_hosts(result):
+        pytest.fail(f"the deploy ({deploy}) failed:\n" + pyinfra_results.summary(result), pytrace=False)
+    return result
+
+
+@pytest.fixture(scope="session")
+def main_deploy_file() -> str:
+    """Path (relative to the repository root) of the deploy `deployed` ran."""
+    return main_deploy()
+
+
+@pytest.fixture(scope="session")
+def inventory_hosts(lab_inventory):
+    return pyinfra_results.inventory_hosts(lab_inventory)
+
+
+@pytest.fixture(scope="session")
+def testinfra_hosts(inventory_hosts):
+    import testinfra
+
+    cache: dict[str, list] = {}
+
+    def make(host: dict):
+        data = host["data"]
+        address = data.get("ssh_hostname") or host["name"]
+        user = data.get("ssh_user") or "root"
+        port = data.get("ssh_port") or 22
+        extra = []
+        if data.get("ssh_known_hosts_file"):
+            extra += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
+        if str(data.get("ssh_strict_host_key_checking", "")).lower() in ("off", "no", "false"):
+            extra += ["-o", "StrictHostKeyChecking=no"]
+        kwargs = {"ssh_extra_args": " ".join(extra + ["-o", "LogLevel=ERROR"])}
+        if data.get("ssh_key"):
+            kwargs["ssh_identity_file"] = os.path.expanduser(data["ssh_key"])
+        return testinfra.get_host(f"ssh://{user}@{address}:{port}", sudo=bool(data.get("_sudo")), **kwargs)
+
+    def hosts(group: str = "all"):
+        if group not in cache:
+            members = [h for h in inventory_hosts if group == "all" or group in h["groups"]]
+            cache[group] = [make(h) for h in members]
+        return cache[group]
+
+    return hosts
+
+
+@pytest.fixture(scope="session")
+def lab_api(lab_mode, lab_inventory):
+    if lab_mode != "local":
+        pytest.skip(f"needs the local lab's node API (--lab=local); running with {lab_mode}")
+    from lab import api
+
+    return api

@@ -1,0 +1,311 @@
+"""
+NFS on the dnas nodes, proven from the controller with a real userspace NFS client (libnfs:
+`nfs-cp`, `nfs-cat`, `nfs-ls` from Debian's libnfs-utils; this machine has no kernel client):
+
+- the effective exports (read back by the `nfs.KernelExports` / `nfs.GaneshaExports` facts)
+  match the inventory: allowed networks, rw/ro, all access squashed to dnas_uid/dnas_gid;
+- a file written over NFSv3 and over NFSv4 reads back, lands owned by the dnas user, is visible
+  through Samba (smbclient get), and reaches the other dnas node when Syncthing serves it;
+- a client outside the allowed networks is refused: the same client, the same export, only the
+  allowed network changed to another subnet - refused over v3 and v4 - and allowed again when
+  the inventory's networks come back (so the refusal is the network rule, not a broken server);
+- the kernel backend gets the same proof where the kernel has nfsd (skipped otherwise);
+- a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from posixpath import join, normpath
+
+import pytest
+
+from facts.nfs import GaneshaExports, KernelExports
+from homecloud.model import HostSpec, node_ip
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("nfs-cp") is None, reason="libnfs-utils (nfs-cp, nfs-cat, nfs-ls) is not installed on the controller"
+)
+
+# Long enough for nfs-ganesha's grace period after a restart (20 s) plus the lease.
+GRACE_WAIT = 90
+OTHER_SUBNET = "192.0.2.0/24"  # TEST-NET-1: never the controller's network
+
+
+# --- Inventory and nodes ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nas(deployed, inventory_hosts, testinfra_hosts):
+    """(spec, testinfra host) of every dnas node with NFS on, in inventory order."""
+    members = [h for h in inventory_hosts if "dnas" in h["groups"]]
+    pairs = [
+        (HostSpec(h["name"], tuple(h["groups"]), h["data"]), host)
+        for h, host in zip(members, testinfra_hosts("dnas"))
+        if h["data"].get("nfs_enabled")
+    ]
+    if not pairs:
+        pytest.skip("no dnas node has nfs_enabled")
+    return pairs
+
+
+def export_path(spec, export) -> str:
+    return normpath(join(spec.data["dnas_path"], export["path"]))
+
+
+def effective_exports(spec, host, backend: str | None = None) -> dict:
+    """The exports of the node as our facts read them (the fact's own command, run on the node)."""
+    backend = backend or spec.data.get("nfs_backend")
+    fact = KernelExports() if backend == "kernel" else GaneshaExports()
+    command = fact.command()
+    command = command if isinstance(command, str) else command.get_raw_value()
+    return fact.process(host.check_output(command).splitlines())
+
+
+# --- The libnfs client ------------------------------------------------------------------------
+
+
+def url(ip: str, path: str, name: str = "", version: int = 3) -> str:
+    target = path.rstrip("/") + ("/" + name if name else "")
+    return f"nfs://{ip}{target}" + ("?version=4" if version == 4 else "")
+
+
+def nfs(*args, timeout=60):
+    return subprocess.run(list(args), capture_output=True, text=True, timeout=timeout)
+
+
+def nfs_write(ip: str, path: str, version: int, text: str, wait: float = GRACE_WAIT) -> str:
+    """Write a new file over NFS; retried while the server is in its grace period."""
+    deadline = time.monotonic() + wait
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "payload.txt"
+        local.write_text(text)
+        while True:
+            # A new name per attempt: a failed attempt during grace may leave an empty file.
+            name = f"hc-nfs-v{version}-{uuid.uuid4().hex[:8]}.txt"
+            proc = nfs("nfs-cp", str(local), url(ip, path, name, version))
+            if proc.returncode == 0:
+                return name
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nfs-cp over v{version} to {ip}:{path} failed: {proc.stdout}{proc.stderr}")
+            time.sleep(3)
+
+
+def nfs_read(ip: str, path: str, name: str, version: int) -> str:
+    proc = nfs("nfs-cat", url(ip, path, name, version))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def nfs_list_allowed(ip: str, path: str, version: int, wait: float = GRACE_WAIT) -> bool:
+    """True when nfs-ls reaches the export (retried a while: a restarted server may be starting)."""
+    deadline = time.monotonic() + wait
+    while True:
+        if nfs("nfs-ls", url(ip, path, version=version)).returncode == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(3)
+
+
+def smb_get(spec, share: str, name: str) -> str | None:
+    """The file through Samba with the inventory's credentials (None: no Samba user can read it)."""
+    users = spec.data.get("samba_users") or {}
+    for share_def in spec.data.get("samba_shares") or []:
+        if share_def["name"] != share:
+            continue
+        for user in share_def.get("valid_users") or sorted(users):
+            fd, auth = tempfile.mkstemp(prefix="hc-smb-auth-")
+            with os.fdopen(fd, "w") as f:
+                f.write(f"username = {user}\npassword = {users[user]}\n")
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    proc = subprocess.run(
+                        ["smbclient", f"//{node_ip(spec)}/{share}", "-A", auth, "-c", f"get {name} back.txt"],
+                        capture_output=True, text=True, timeout=60, cwd=tmp,
+                    )
+                finally:
+                    os.unlink(auth)
+                if proc.returncode == 0:
+                    return (Path(tmp) / "back.txt").read_text()
+    return None
+
+
+def share_for(spec, path: str) -> str | None:
+    if not spec.data.get("samba_enabled"):
+        return None
+    for share in spec.data.get("samba_shares") or []:
+        if normpath(join(spec.data["dnas_path"], share["path"])) == path:
+            return share["name"]
+    return None
+
+
+def syncthing_peer_path(spec, path: str, nas) -> tuple | None:
+    """(other spec, other host) when Syncthing serves `path` on this node and another one."""
+    if not spec.data.get("syncthing_enabled"):
+        return None
+    folders = [normpath(join(spec.data["dnas_path"], f["path"])) for f in spec.data.get("syncthing_folders") or []]
+    if not any(path == folder or path.startswith(folder + "/") for folder in folders):
+        return None
+    for other_spec, other_host in nas:
+        if other_spec.name != spec.name and other_host.run("pgrep -x syncthing").rc == 0:
+            return other_spec, other_host
+    return None
+
+
+def prove_exports(nas):
+    """Write over v3 and v4, read back, check the owner on the node and through Samba."""
+    written = []
+    for spec, host in nas:
+        ip = node_ip(spec)
+        for export in spec.data.get("nfs_exports") or []:
+            path = export_path(spec, export)
+            for version in (3, 4):
+                if export.get("read_only"):
+                    assert nfs_list_allowed(ip, path, version), f"{spec.name}: cannot list read-only {path} over v{version}"
+                    continue
+                text = f"written over NFSv{version} to {spec.name}:{path} ({uuid.uuid4().hex})\n"
+                name = nfs_write(ip, path, version, text)
+                assert nfs_read(ip, path, name, version) == text
+                owner = host.check_output(f"stat -c %u:%g {join(path, name)}")
+                assert owner == f"{spec.data['dnas_uid']}:{spec.data['dnas_gid']}", f"{path}/{name} is owned by {owner}"
+                share = share_for(spec, path)
+                if share:
+                    assert smb_get(spec, share, name) == text, f"{name} is not readable through Samba share {share}"
+                written.append((spec, host, path, name, text))
+    return written
+
+
+# --- Tests ------------------------------------------------------------------------------------
+
+
+def test_effective_exports_match_the_inventory(nas):
+    for spec, host in nas:
+        exports = effective_exports(spec, host)
+        for export in spec.data.get("nfs_exports") or []:
+            path = export_path(spec, export)
+            assert path in exports, f"{spec.name}: {path} is not exported: {exports}"
+            clients = exports[path]["clients"]
+            for network in export["networks"]:
+                client = clients[network]
+                assert client["access"] == ("ro" if export.get("read_only") else "rw")
+                assert client["squash"] == "all"
+                assert client["anonuid"] == spec.data["dnas_uid"]
+                assert client["anongid"] == spec.data["dnas_gid"]
+            if spec.data.get("nfs_backend") == "ganesha":
+                assert exports[path]["active"] is not False, f"{spec.name}: ganesha does not serve {path}"
+                assert exports[path]["access"] == "none"  # nothing beyond the CLIENT blocks
+                assert sorted(exports[path]["protocols"]) == ["3", "4"]
+
+
+def test_nfs_v3_and_v4_write_read_owner_and_samba(nas):
+    written = prove_exports(nas)
+    assert written or all(e.get("read_only") for s, _ in nas for e in s.data.get("nfs_exports") or [])
+    for spec, host, path, name, _ in written:
+        host.run(f"rm -f {join(path, name)}")
+
+
+def test_nfs_file_syncs_to_the_other_dnas_node(nas):
+    checked = 0
+    for spec, host in nas:
+        for export in spec.data.get("nfs_exports") or []:
+            path = export_path(spec, export)
+            peer = syncthing_peer_path(spec, path, nas)
+            if export.get("read_only") or peer is None:
+                continue
+            other_spec, other_host = peer
+            text = f"synced from {spec.name} ({uuid.uuid4().hex})\n"
+            name = nfs_write(node_ip(spec), path, 4, text)
+            other_path = join(export_path(other_spec, export), name)
+            deadline = time.monotonic() + 90
+            while not other_host.file(other_path).exists and time.monotonic() < deadline:
+                time.sleep(2)
+            assert other_host.file(other_path).exists, f"{name} written over NFS on {spec.name} never reached {other_spec.name}"
+            assert other_host.file(other_path).content_string == text
+            owner = other_host.check_output(f"stat -c %u:%g {other_path}")
+            assert owner == f"{other_spec.data['dnas_uid']}:{other_spec.data['dnas_gid']}"
+            host.run(f"rm -f {join(path, name)}")
+            checked += 1
+            break
+    if not checked:
+        pytest.skip("Syncthing does not run on two dnas nodes serving an NFS export (Syncthing part not deployed)")
+
+
+@pytest.mark.destructive
+def test_client_outside_the_allowed_networks_is_refused(nas, pyinfra_run):
+    spec, host = nas[0]
+    ip = node_ip(spec)
+    exports = [dict(e) for e in spec.data.get("nfs_exports") or []]
+    if not exports:
+        pytest.skip("no nfs_exports")
+    path = export_path(spec, exports[0])
+    # Before: this controller is allowed (the inventory's networks).
+    assert nfs_list_allowed(ip, path, 3), f"{path} is not reachable before the test"
+
+    elsewhere = [dict(e, networks=[OTHER_SUBNET]) for e in exports]
+    try:
+        result = pyinfra_run("deploys/nfs.py", "--limit", spec.name, "--data", "nfs_exports=" + json.dumps(elsewhere))
+        assert not [op for op in result["results"]["operations"] if op["error"]]
+        assert effective_exports(spec, host)[path]["clients"].keys() == {OTHER_SUBNET}
+
+        v3 = nfs("nfs-ls", url(ip, path, version=3))
+        v4 = nfs("nfs-ls", url(ip, path, version=4))
+        # The export exists and the server answers (mount protocol / v4 pseudo fs), but refuses.
+        assert v3.returncode != 0 and "MNT3ERR_ACCES" in v3.stdout + v3.stderr, v3.stdout + v3.stderr
+        assert v4.returncode != 0, v4.stdout + v4.stderr
+        write = nfs("nfs-cp", "/etc/hostname", url(ip, path, "refused.txt", 4))
+        assert write.returncode != 0
+        assert not host.file(join(path, "refused.txt")).exists
+    finally:
+        pyinfra_run("deploys/nfs.py", "--limit", spec.name)
+    # After: the inventory's networks again - the same client gets in over v3 and v4.
+    assert nfs_list_allowed(ip, path, 3)
+    assert nfs_list_allowed(ip, path, 4)
+
+
+def kernel_nfsd(host) -> bool:
+    """The kernel has an NFS server: nfsd registered, or loadable as a module."""
+    return host.run("grep -qw nfsd /proc/filesystems || modinfo nfsd > /dev/null 2>&1").rc == 0
+
+
+@pytest.mark.destructive
+def test_kernel_backend(nas, pyinfra_run):
+    spec, host = nas[0]
+    if not kernel_nfsd(host):
+        pytest.skip(
+            "the kernel of this lab has no NFS server (nfsd is not built in and modules cannot be loaded): "
+            "nfs-kernel-server cannot run here; this test runs in the Vagrant lab (VMs with their own kernel)"
+        )
+    original = spec.data.get("nfs_backend")
+    try:
+        if original != "kernel":
+            result = pyinfra_run("deploys/nfs.py", "--limit", spec.name, "--data", "nfs_backend=kernel")
+            assert not [op for op in result["results"]["operations"] if op["error"]]
+        exports = effective_exports(spec, host, backend="kernel")
+        for export in spec.data.get("nfs_exports") or []:
+            client_opts = exports[export_path(spec, export)]["clients"]
+            assert set(client_opts) == set(export["networks"])
+            assert all(c["squash"] == "all" and c["anonuid"] == spec.data["dnas_uid"] for c in client_opts.values())
+        written = prove_exports([(spec, host)])
+        for _, _, path, name, _ in written:
+            host.run(f"rm -f {join(path, name)}")
+        again = pyinfra_run("deploys/nfs.py", "--limit", spec.name, *(["--data", "nfs_backend=kernel"] if original != "kernel" else []))
+        assert not [op["name"] for op in again["results"]["operations"] if op["success"]], "kernel backend: second run changed something"
+    finally:
+        if original != "kernel":
+            pyinfra_run("deploys/nfs.py", "--limit", spec.name)
+
+
+def test_second_run_changes_nothing(nas, pyinfra_run):
+    result = pyinfra_run("deploys/nfs.py")
+    changed = {op["name"]: op["success"] for op in result["results"]["operations"] if op["success"]}
+    errors = {op["name"]: op["error"] for op in result["results"]["operations"] if op["error"]}
+    assert not errors, errors
+    assert not changed, f"a second run changed: {changed}"
