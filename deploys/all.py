@@ -17,5 +17,10 @@ check_state(state)
 
 HERE = Path(__file__).resolve().parent
 
-for layer in ("base", "keepalived", "k3s", "longhorn", "dnas"):
-    local.include(str(HERE / f"{layer}.py"))
+# One include per line: pyinfra orders operations by the line numbers of the calls that queued
+# them, so includes from one loop line would give operations of different layers the same place.
+local.include(str(HERE / "base.py"))
+local.include(str(HERE / "keepalived.py"))
+local.include(str(HERE / "k3s.py"))
+local.include(str(HERE / "longhorn.py"))
+local.include(str(HERE / "dnas.py"))
