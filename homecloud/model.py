@@ -63,6 +63,8 @@ TAINT_RE = re.compile(
     r"^[a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$"
 )
 ARCHES = ("amd64", "arm64", "armhf")
+KEEPALIVED_PASS_RE = re.compile(r"^[A-Za-z0-9_.,:;+=@%^*()\[\]{}/~-]{1,8}$")
+WORKGROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,15}$")
 
 
 class InventoryError(PyinfraError):
@@ -406,6 +408,8 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             )
         elif len(secret) > 8:
             err(spec.name, "keepalived_auth_pass", f"{len(secret)} characters, VRRP PASS auth keeps only 8", "use at most 8 characters")
+        elif not KEEPALIVED_PASS_RE.match(secret):
+            err(spec.name, "keepalived_auth_pass", "contains a blank, a quote, # or ! (keepalived would cut it there)", "use letters, digits and punctuation other than those")
     for spec in specs:
         if spec.data.get("keepalived_enabled") and spec.data.get("keepalived_group") not in GROUPS:
             err(spec.name, "keepalived_group", f"`{spec.data.get('keepalived_group')!r}` is not a homecloud group", f"use one of {', '.join(GROUPS)}")
@@ -501,11 +505,18 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             if not isinstance(users, dict):
                 err(spec.name, "samba_users", "must be a dict of user: password", 'write it like {"alice": secret("samba_alice")}')
                 users = {}
+            workgroup = data.get("samba_workgroup")
+            if not isinstance(workgroup, str) or not WORKGROUP_RE.match(workgroup):
+                err(spec.name, "samba_workgroup", f"`{workgroup!r}` is not a workgroup name", "use 1-15 letters, digits and ._- (WORKGROUP is the usual one)")
             for user, password in users.items():
                 if not isinstance(user, str) or not UNIX_USER_RE.match(user):
                     err(spec.name, "samba_users", f"`{user!r}` is not a valid user name", "use lower-case letters, digits, _ or -")
+                elif user in ("root", data.get("dnas_user")):
+                    err(spec.name, "samba_users", f"`{user}` cannot be a Samba user (root, or the dnas owner every share writes as)", "pick a person's name, e.g. alice")
                 if _is_secret_bad(password):
                     err(spec.name, "samba_users", f"password of `{user}` missing or left at an example value", f"set a real password for {user}")
+                elif "\n" in password or "\r" in password:
+                    err(spec.name, "samba_users", f"password of `{user}` contains a line break", "use a password on one line")
             shares = data.get("samba_shares") or []
             share_names: set[str] = set()
             for share in shares:
@@ -526,11 +537,16 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                 err(spec.name, "samba_users", "shares are defined but no Samba user can log in", 'add samba_users = {"alice": secret("samba_alice")}')
 
         if data.get("nfs_enabled"):
+            export_paths: set[str] = set()
             for export in data.get("nfs_exports") or []:
                 if not isinstance(export, dict):
                     err(spec.name, "nfs_exports", f"`{export!r}` is not an export", "write {'path': 'data', 'networks': ['192.168.1.0/24']}")
                     continue
                 _check_relative(err, spec.name, "nfs_exports", export.get("path"))
+                epath = str(export.get("path")).strip("/")
+                if epath in export_paths:
+                    err(spec.name, "nfs_exports", f"path `{epath}` is exported twice", "merge the two exports into one with all their networks")
+                export_paths.add(epath)
                 networks = export.get("networks")
                 if not networks or not isinstance(networks, (list, tuple)):
                     err(spec.name, "nfs_exports", f"export `{export.get('path')}` allows no network", "list the networks allowed, e.g. ['192.168.1.0/24']")
@@ -549,6 +565,8 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
 def _check_relative(err, host: str, key: str, path: Any) -> None:
     if not isinstance(path, str) or path.startswith("/") or ".." in Path(path).parts:
         err(host, key, f"path `{path!r}` must be relative to dnas_path and stay inside it", "write it like 'data' or 'photos/2024'")
+    elif any(c in path for c in '"\n\r\\'):
+        err(host, key, f"path `{path!r}` contains a quote, backslash or line break", "use plain folder names like 'photos/2024'")
 
 
 def format_errors(errors: list[str]) -> str:

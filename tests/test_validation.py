@@ -218,6 +218,30 @@ BAD = {
         lambda ns: set_all(ns, syncthing_gui_address="0.0.0.0:8384"),
         "pi1: syncthing_gui_password: the GUI listens on 0.0.0.0:8384 but has no real password",
     ),
+    "vrrp_secret_blank": (
+        lambda ns: set_all(ns, keepalived_auth_pass="ab cd#1"),
+        "pi1: keepalived_auth_pass: contains a blank, a quote, # or !",
+    ),
+    "samba_workgroup": (
+        lambda ns: set_all(ns, samba_workgroup="MY HOME NETWORK GROUP"),
+        "pi1: samba_workgroup: `'MY HOME NETWORK GROUP'` is not a workgroup name",
+    ),
+    "samba_user_root": (
+        lambda ns: set_all(ns, samba_users={"root": "a-long-random-Passw0rd"}, samba_shares=[]),
+        "pi1: samba_users: `root` cannot be a Samba user",
+    ),
+    "samba_password_newline": (
+        lambda ns: set_all(ns, samba_users={"alice": "first\nsecond"}),
+        "pi1: samba_users: password of `alice` contains a line break",
+    ),
+    "nfs_duplicate_path": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["10.0.0.0/8"]}, {"path": "data/", "networks": ["192.168.1.0/24"]}]),
+        "pi1: nfs_exports: path `data` is exported twice",
+    ),
+    "share_path_quote": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": 'da"ta', "valid_users": ["alice"]}]),
+        "pi1: samba_shares: path `'da\"ta'` contains a quote, backslash or line break",
+    ),
     "guest_writable_share": (
         lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "guest_ok": True, "read_only": False}]),
         "pi1: samba_shares: share `pub` is writable by guests",
