@@ -16,11 +16,19 @@ from homecloud.model import check_state
 
 check_state(state)
 
+from io import StringIO  # noqa: E402
 from posixpath import join, normpath  # noqa: E402
 
 from pyinfra.operations import apt, files, systemd  # noqa: E402
 
 from operations import nfs, samba  # noqa: E402
+
+GANESHA_STOP_WAIT = """\
+# Managed by homecloud (deploys/nfs.py): wait until ganesha.nfsd has exited before a restart
+# starts the next one (ExecStop only asks it to shut down over D-Bus).
+[Service]
+ExecStopPost=/bin/sh -c 'i=0; while grep -qsx ganesha.nfsd /proc/[0-9]*/comm && [ "$$i" -lt 100 ]; do sleep 0.3; i=$$((i+1)); done; exit 0'
+"""
 
 if "dnas" in host.groups:
     dnas_path = host.data.get("dnas_path")
@@ -77,6 +85,16 @@ if "dnas" in host.groups:
             anonuid=uid,
             anongid=gid,
         )
+        # The unit stops ganesha with an asynchronous D-Bus call: a restart could start the new
+        # server while the old one still holds port 2049 and, exiting, unregisters the new one
+        # from rpcbind. Make "stop" wait until the old process is gone (at most ~30 s).
+        stop_wait = files.put(
+            name="nfs-ganesha: stop waits for the server to exit",
+            src=StringIO(GANESHA_STOP_WAIT),
+            dest="/etc/systemd/system/nfs-ganesha.service.d/homecloud-stop-wait.conf",
+            mode="644",
+        )
+        systemd.daemon_reload(name="systemd reloads nfs-ganesha's unit", _if=stop_wait.did_change)
         systemd.service(name="rpcbind is running (NFSv3)", service="rpcbind", running=True, enabled=True)
         systemd.service(name="nfs-ganesha is running", service="nfs-ganesha", running=True, enabled=True)
         systemd.service(

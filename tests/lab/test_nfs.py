@@ -56,6 +56,16 @@ def nas(deployed, inventory_hosts, testinfra_hosts):
     return pairs
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_test_files(nas):
+    """At the end, the files of this module go (also the empty ones left by attempts refused
+    during a grace period, and their Syncthing copies on the other nodes)."""
+    yield
+    for spec, host in nas:
+        for export in spec.data.get("nfs_exports") or []:
+            host.run(f"rm -f {export_path(spec, export)}/hc-nfs-v[34]-*.txt")
+
+
 def export_path(spec, export) -> str:
     return normpath(join(spec.data["dnas_path"], export["path"]))
 
