@@ -450,17 +450,45 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                 if not isinstance(value, str) or not pattern.match(value):
                     example = "disk=ssd" if key == "k3s_node_labels" else "dedicated=nas:NoSchedule"
                     err(spec.name, key, f"`{value!r}` is malformed", f"write it like {example}")
-        for key in ("k3s_server_config", "k3s_agent_config"):
-            if not isinstance(spec.data.get(key) or {}, dict):
+        for key, role in (("k3s_server_config", "server"), ("k3s_agent_config", "agent")):
+            extra = spec.data.get(key) or {}
+            if not isinstance(extra, dict):
                 err(spec.name, key, "must be a dict of config.yaml keys", f"write it like {key} = {{'disable': ['traefik']}}")
+                continue
+            if extra and isinstance(version, str) and K3S_VERSION_RE.match(version):
+                from .k3s_config import K3sConfigError, check_keys
+
+                try:
+                    problems = check_keys(extra, version, role)
+                except K3sConfigError as e:
+                    problems = [str(e)]
+                for problem in problems:
+                    if "; " in problem:
+                        what, fix = problem.split("; ", 1)
+                    elif problem.startswith("`") and ": " in problem:
+                        what, fix = problem.split(": ", 1)
+                    else:
+                        what, fix = problem, f"change {key} or k3s_version"
+                    err(spec.name, key, what, fix)
+        context = spec.data.get("k3s_kubeconfig_context")
+        if not isinstance(context, str) or not context.strip():
+            err(spec.name, "k3s_kubeconfig_context", f"`{context!r}` is not a context name", "set it to a name like homecloud")
+        registries = spec.data.get("k3s_registries")
+        if registries is not None and (not isinstance(registries, dict) or not set(registries) <= {"mirrors", "configs"}):
+            err(spec.name, "k3s_registries", "must be a dict with `mirrors` and/or `configs`", "write it as in the k3s registries.yaml docs")
 
     # Longhorn.
     for spec in servers + agents:
         if spec.data.get("longhorn_enabled") and spec.data.get("node_arch") == "armhf":
             err(spec.name, "longhorn_enabled", "Longhorn does not run on armv7 (armhf) boards", f"set longhorn_enabled = False for {spec.name}")
         device = spec.data.get("longhorn_device")
-        if spec.data.get("longhorn_enabled") and device is not None and not DEVICE_SPEC_RE.match(str(device)):
-            err(spec.name, "longhorn_device", f"`{device}` may name another disk after a reboot", "use UUID=... or LABEL=... (see `blkid`)")
+        if spec.data.get("longhorn_enabled"):
+            if device is not None and not DEVICE_SPEC_RE.match(str(device)):
+                err(spec.name, "longhorn_device", f"`{device}` may name another disk after a reboot", "use UUID=... or LABEL=... (see `blkid`)")
+            if spec.data.get("longhorn_fstype") not in ("ext4", "xfs"):
+                err(spec.name, "longhorn_fstype", f"`{spec.data.get('longhorn_fstype')!r}` is not supported by Longhorn", "use ext4 or xfs")
+            _check_blank_device(err, spec, "longhorn")
+            _check_outside_k3s(err, spec.name, "longhorn_data_path", spec.data.get("longhorn_data_path"))
 
     # dnas: disk, Syncthing, Samba, NFS.
     for spec in dnas:
@@ -478,6 +506,10 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             )
         if data.get("dnas_format") and device is None:
             err(spec.name, "dnas_format", "True but no dnas_device is given", "set dnas_device = 'LABEL=...' or turn dnas_format off")
+        if data.get("dnas_fstype") not in ("ext4", "xfs", "btrfs"):
+            err(spec.name, "dnas_fstype", f"`{data.get('dnas_fstype')!r}` is not supported", "use ext4, xfs or btrfs")
+        _check_blank_device(err, spec, "dnas")
+        _check_outside_k3s(err, spec.name, "dnas_path", path)
 
         if data.get("syncthing_enabled"):
             folder_ids: set[str] = set()
@@ -560,6 +592,25 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                     if net.prefixlen == 0:
                         err(spec.name, "nfs_exports", f"network `{network}` opens the export to the whole internet", "list your LAN only, e.g. 192.168.1.0/24")
     return errors
+
+
+K3S_OWNED_PATHS = ("/var/lib/rancher", "/var/lib/kubelet", "/etc/rancher")
+
+
+def _check_outside_k3s(err, host: str, key: str, path: Any) -> None:
+    """Data must never live where a k3s reset deletes."""
+    if isinstance(path, str) and any(path.rstrip("/") == p or path.startswith(p + "/") for p in K3S_OWNED_PATHS):
+        err(host, key, f"`{path}` lies inside {', '.join(K3S_OWNED_PATHS)}, which a k3s reset deletes", "put your data elsewhere, e.g. /srv/dnas or /var/lib/longhorn")
+
+
+def _check_blank_device(err, spec: HostSpec, prefix: str) -> None:
+    blank = spec.data.get(f"{prefix}_blank_device")
+    if blank is None:
+        return
+    if not isinstance(blank, str) or not re.match(r"^/dev/disk/by-(id|path)/\S+$", blank):
+        err(spec.name, f"{prefix}_blank_device", f"`{blank!r}` is not a stable disk path", "name the blank disk by /dev/disk/by-id/... or /dev/disk/by-path/...")
+    if not spec.data.get(f"{prefix}_device") or not spec.data.get(f"{prefix}_format"):
+        err(spec.name, f"{prefix}_blank_device", f"given without {prefix}_device and {prefix}_format = True", f"set {prefix}_device = 'LABEL=...' (the label it gets) and {prefix}_format = True, or remove it")
 
 
 def _check_relative(err, host: str, key: str, path: Any) -> None:

@@ -242,6 +242,26 @@ BAD = {
         lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": 'da"ta', "valid_users": ["alice"]}]),
         "pi1: samba_shares: path `'da\"ta'` contains a quote, backslash or line break",
     ),
+    "k3s_config_key_typo": (
+        lambda ns: set_all(ns, k3s_server_config={"disable-netwrk-policy": True}),
+        "pi1: k3s_server_config: `disable-netwrk-policy` is not a k3s server flag in v1.31.4+k3s1. Fix: did you mean `disable-network-policy`?",
+    ),
+    "k3s_config_managed_key": (
+        lambda ns: set_all(ns, k3s_agent_config={"token": "x"}),
+        "pi4: k3s_agent_config: `token` is set by homecloud",
+    ),
+    "dnas_path_inside_k3s": (
+        lambda ns: set_all(ns, dnas_path="/var/lib/rancher/nas"),
+        "pi1: dnas_path: `/var/lib/rancher/nas` lies inside",
+    ),
+    "longhorn_fstype": (
+        lambda ns: set_all(ns, longhorn_fstype="btrfs"),
+        "pi1: longhorn_fstype: `'btrfs'` is not supported by Longhorn",
+    ),
+    "blank_device_unstable": (
+        lambda ns: set_host(ns, "pi1", dnas_blank_device="/dev/sdb", dnas_format=True),
+        "pi1: dnas_blank_device: `'/dev/sdb'` is not a stable disk path",
+    ),
     "guest_writable_share": (
         lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "guest_ok": True, "read_only": False}]),
         "pi1: samba_shares: share `pub` is writable by guests",
