@@ -154,8 +154,9 @@ elif is_server or is_agent:
             sudo_read=sudo,
         )
     if is_server and host.name != first.name:
-        index = server_names.index(host.name)
-        node_ops(joining=True, serial=True, stop_if_failed=server_names[:index])
+        # pyinfra's serial order among these hosts is not the inventory order: a server refuses
+        # to restart when any other server failed earlier in this run.
+        node_ops(joining=True, serial=True, stop_if_failed=[n for n in server_names if n != host.name])
     if is_agent:
         # Agents restart one at a time after the servers; a server that failed stops them too.
         node_ops(joining=True, serial=True, stop_if_failed=server_names)

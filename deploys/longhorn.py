@@ -65,7 +65,7 @@ if host in k3s_nodes and host.data.get("longhorn_enabled"):
                 options="defaults,noatime",
             )
         else:
-            files.directory(name=f"Longhorn data path {data_path}", path=data_path, mode="700")
+            files.directory(name=f"Longhorn data path {data_path}", path=data_path)
         longhorn.multipath(name="multipathd leaves Longhorn devices alone")
         longhorn.modules(name="Kernel modules iscsi_tcp and dm_crypt", modules=list(MODULES))
         longhorn.iscsid(name="iscsid enabled and running")

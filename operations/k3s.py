@@ -10,6 +10,7 @@ they never appear in a command line.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import shlex
@@ -17,8 +18,8 @@ from io import StringIO
 from typing import Any
 
 from pyinfra import host, state
-from pyinfra.api.util import get_file_io
 from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, OperationError, StringCommand, operation
+from pyinfra.api.util import get_file_io
 
 from facts.k3s import KUBECONFIG_PATH as K3S_YAML
 from facts.k3s import K3sFile, K3sKubeconfig, K3sLeftovers, K3sNodes, K3sService, K3sToken
@@ -37,15 +38,18 @@ def unit_name(role: str) -> str:
     return "k3s" if role == "server" else "k3s-agent"
 
 
-def _put_private(content: str, dest: str, mode: str = "600"):
+def _put_private(content: str, dest: str, mode: str = "600", backup: bool = False):
     """
     Upload `content` to `dest` so that no byte of it is ever in a file others can read: the
-    destination and the connector's temporary file (used with sudo) are created 0600 first,
-    and an upload into an existing file keeps its mode.
+    destination and the connector's temporary file (used with sudo) are made 0600 first, and
+    an upload into an existing file keeps its mode. ``backup``: copy the old file to
+    ``<dest>.homecloud.bak`` first (same owner and mode).
     """
     temp = host.get_temp_filename(dest)
     q_dest = shlex.quote(dest)
-    yield f"[ -e {q_dest} ] || install -m {mode} /dev/null {q_dest}"
+    if backup:
+        yield f"cp -a {q_dest} {shlex.quote(dest + '.homecloud.bak')}"
+    yield f"if [ -e {q_dest} ]; then chmod {mode} {q_dest}; else install -m {mode} /dev/null {q_dest}; fi"
     yield StringCommand("sh", "-c", shlex.quote(f"umask 077 && : > {shlex.quote(temp)}"), _sudo=False)
     yield FileUploadCommand(StringIO(content), dest, remote_temp_filename=temp)
     yield StringCommand("rm", "-f", temp, _sudo=False)
@@ -53,8 +57,6 @@ def _put_private(content: str, dest: str, mode: str = "600"):
 
 
 def _sha256_text(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -243,7 +245,8 @@ def config(
             continue
         if not changed:
             yield "install -d -m 755 /etc/rancher /etc/rancher/k3s"
-        yield from _put_private(content, dest)
+        # A file that is there with other content (hand-edited, or from another installer) is kept.
+        yield from _put_private(content, dest, backup=fact is not None)
         changed = True
     if not changed:
         host.noop("k3s config is up to date")
@@ -539,5 +542,7 @@ def purged(present: bool = False):
     if left["paths"]:
         # --one-file-system: never descend into a volume still mounted below (e.g. a pod volume).
         yield "rm -rf --one-file-system -- " + " ".join(shlex.quote(p) for p in left["paths"])
+        # /etc/rancher and /var/lib/rancher go too when k3s was all they held (not rke2 & co).
+        yield "rmdir --ignore-fail-on-non-empty /etc/rancher /var/lib/rancher 2>/dev/null || true"
         yield "systemctl daemon-reload"
 
