@@ -7,9 +7,11 @@ served on the LAN by Samba and NFS.
 
 In order, on each dnas node:
 
-1. the data disk (`dnas_device`): its filesystem (formatted only when `dnas_format` asks and
-   the disk is provably blank), a systemd mount unit at `dnas_path`, and drop-ins that make
-   Syncthing, Samba and NFS start only with the disk mounted (never into the empty folder);
+1. the data disk (`dnas_device`): its filesystem (a blank disk, named by `dnas_blank_device`,
+   is formatted only when `dnas_format` asks and nothing at all is found on it; a disk that
+   holds anything stops the run with the reason), a systemd mount unit at `dnas_path`, and
+   drop-ins that make Syncthing, Samba and NFS start only with the disk mounted (never into
+   the empty folder);
 2. the dnas user and group with fixed ids (`dnas_uid`/`dnas_gid`), owner of every file;
 3. Syncthing as `syncthing@<dnas_user>` (Debian's package or Syncthing's own apt repository),
    its GUI on `syncthing_gui_address`, no default folder, every dnas node peered with every
@@ -80,6 +82,9 @@ if "dnas" in host.groups:
             )
 
     # --- 2. The owner of the data --------------------------------------------------------------
+    # The same operation deploys/samba.py and deploys/nfs.py use: created when absent with the
+    # fixed ids, an existing account with other ids is refused (files would change hands). Its
+    # home is the data folder: Syncthing keeps its config and index there, on the data disk.
     samba.account(
         name=f"dnas owner {dnas_user} (uid {data.get('dnas_uid')}, created only if absent)",
         user=dnas_user,

@@ -13,8 +13,9 @@ Layer 1: the cluster's virtual IP, held by one healthy node of keepalived_group 
 - The config (it holds keepalived_auth_pass) is 0600 root; a new one is tested with
   `keepalived -t` before it replaces the working one, and keepalived is reloaded only then.
 
-Check which node holds the VIP: `pyinfra inventories/pi.py fact keepalived.VrrpStatus
-interface=eth0 vip=<vip>` (or `ip -o addr show eth0` on the nodes).
+Which node holds the VIP, and each node's VRRP state:
+
+    pyinfra inventories/pi.py fact facts.keepalived.VrrpStatus interface=eth0 vip=<vip> --limit k3s_servers
 """
 
 from pyinfra import host, state

@@ -451,6 +451,8 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                     example = "disk=ssd" if key == "k3s_node_labels" else "dedicated=nas:NoSchedule"
                     err(spec.name, key, f"`{value!r}` is malformed", f"write it like {example}")
         for key, role in (("k3s_server_config", "server"), ("k3s_agent_config", "agent")):
+            if (role == "server") != (spec in servers):
+                continue  # a server reads k3s_server_config only, an agent k3s_agent_config
             extra = spec.data.get(key) or {}
             if not isinstance(extra, dict):
                 err(spec.name, key, "must be a dict of config.yaml keys", f"write it like {key} = {{'disable': ['traefik']}}")

@@ -77,9 +77,9 @@ def hosts(
     + path: the hosts file
     + hostname_file: the file the host name is read from at boot
 
-    Lines outside the block are kept as they are, except a Debian-style ``127.0.1.1`` line,
-    which is pointed at the new host name (sudo and other tools resolve the own name through
-    it). The hosts file is copied to ``<path>.homecloud.bak`` before it changes.
+    Lines outside the block are kept as they are, except a Debian-style ``127.0.1.1`` line
+    that does not name the host, which is pointed at the new host name (sudo and other tools
+    resolve the own name through it). The hosts file is copied to ``<path>.homecloud.bak`` before it changes.
 
     **Example:**
 
@@ -114,7 +114,7 @@ def hosts(
     if present:
         for index, line in enumerate(new_lines):
             fields = line.split("#", 1)[0].split()
-            if fields and fields[0] == "127.0.1.1" and fields[1:] != [hostname]:
+            if fields and fields[0] == "127.0.1.1" and hostname not in fields[1:]:
                 new_lines[index] = f"127.0.1.1\t{hostname}"
         block = [HOSTS_BEGIN] + [f"{address}\t{node_name}" for node_name, address in nodes.items()] + [HOSTS_END]
         if at is None:  # first time: at the end, after a blank line
@@ -123,7 +123,7 @@ def hosts(
             new_lines = new_lines + ([""] if new_lines else []) + block
         else:  # where the block was
             new_lines = new_lines[:at] + block + new_lines[at:]
-    else:
+    elif at is not None:  # the blank line written before the block goes with it
         while new_lines and not new_lines[-1].strip():
             new_lines.pop()
 
@@ -381,7 +381,7 @@ def sysctls(
     for key in keys:
         want = _normalise(values[key])
         setting = StringCommand(QuoteString(key), "=", QuoteString(want), _separator="")
-        current = live.get(key, None) if key in live else None
+        current = live.get(key)
         if current is None:
             yield StringCommand(
                 "if sysctl -n",

@@ -13,9 +13,10 @@ import posixpath
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
+from pyinfra.facts.files import FileContents
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
-from pyinfra.operations import files, systemd
+from pyinfra.operations import files
 
 from facts.storage import BlockDevice, MountPoint, device_link
 
@@ -122,8 +123,6 @@ def filesystem(
     if fstype not in _MKFS:
         raise OperationError(f"{host.name}: filesystem type {fstype!r} is not supported (use one of {', '.join(_MKFS)})")
     mkfs, label_flag, label_max, uuid_flag = _MKFS[fstype]
-    if label and len(label) > label_max:
-        raise OperationError(f"{host.name}: label {label!r} is longer than {fstype} allows ({label_max} characters)")
 
     info = host.get_fact(BlockDevice, device=device)
     if info:
@@ -168,6 +167,11 @@ def filesystem(
             f"Fix: allow formatting (dnas_format = True / longhorn_format = True) to create {fstype} on it."
         )
 
+    if label and len(label) > label_max:
+        raise OperationError(
+            f"{host.name}: label {label!r} is longer than {fstype} allows ({label_max} characters). "
+            "Fix: choose a shorter label."
+        )
     path = target["path"]
     options: list = []
     if label:
@@ -191,6 +195,24 @@ def filesystem(
     if label or uuid:
         link = device_link(f"LABEL={label}" if label else f"UUID={uuid}")
         yield _udev_link_command(target, link)
+
+
+def _put_text(dest: str, text: str, mode: str = "644") -> list:
+    """
+    Commands that write `text` to `dest` (root-owned) unless it holds exactly that already.
+
+    Mount unit names often hold a backslash (``srv-my\\x2dnas.mount``), and for such names
+    ``sha1sum`` escapes its output, so pyinfra's checksum facts (and ``files.put``) never see
+    the file as unchanged: the contents are compared instead.
+    """
+    current = host.get_fact(FileContents, path=dest)
+    if current is not None and current == text.splitlines():
+        return []
+    return [
+        FileUploadCommand(StringIO(text), dest, remote_temp_filename=host.get_temp_filename(dest)),
+        StringCommand("chown root:root", QuoteString(dest)),
+        StringCommand("chmod", mode, QuoteString(dest)),
+    ]
 
 
 def mount_unit(device: str, path: str, fstype: str, options: str) -> str:
@@ -260,12 +282,17 @@ def mount(
         status = host.get_fact(SystemdStatus, services=[unit])
         enabled = host.get_fact(SystemdEnabled, services=[unit])
         if status.get(unit):
-            yield StringCommand("systemctl stop", QuoteString(unit))
+            # Where systemd cannot start its umount helper (seen in containers: the unit's
+            # cgroup is gone), unmount directly; a busy disk fails both ways.
+            yield StringCommand(
+                "systemctl stop", QuoteString(unit), "|| { umount", QuoteString(path),
+                "&& systemctl reset-failed", QuoteString(unit), "; }",
+            )
         if enabled.get(unit):
             yield StringCommand("systemctl disable", QuoteString(unit))
-        removed = list(files.file._inner(path=unit_file, present=False))
+        removed = host.get_fact(FileContents, path=unit_file) is not None
         if removed:
-            yield from removed
+            yield StringCommand("rm -f", QuoteString(unit_file))
             yield "systemctl daemon-reload"
         if not (status.get(unit) or enabled.get(unit) or removed):
             host.noop(f"no mount unit {unit}")
@@ -293,21 +320,14 @@ def mount(
         )
 
     link = device_link(device)
-    if not info["link_exists"] and not info["udev"]:
-        # No udev (a container): give the unit the link udev would have made.
+    if not info["link_exists"]:
+        # The unit names the device by its udev link: have udev make it, or make it where no
+        # udev runs (a container).
         yield _udev_link_command(info, link)
 
     enabled = host.get_fact(SystemdEnabled, services=[unit])
 
-    written = list(
-        files.put._inner(
-            src=StringIO(mount_unit(device, path, fstype, options)),
-            dest=unit_file,
-            user="root",
-            group="root",
-            mode="644",
-        )
-    )
+    written = _put_text(unit_file, mount_unit(device, path, fstype, options))
     if written:
         yield from written
         yield "systemctl daemon-reload"

@@ -236,6 +236,15 @@ def clean_env(tmp_path):
     return env
 
 
+@pytest.fixture
+def clean_environ(clean_env, monkeypatch):
+    """os.environ itself set to clean_env (for code that reads the process environment)."""
+    for key in [k for k in os.environ if k not in clean_env]:
+        monkeypatch.delenv(key)
+    for key, value in clean_env.items():
+        monkeypatch.setenv(key, value)
+
+
 @pytest.mark.parametrize("provider", ["libvirt", "virtualbox"])
 def test_inventory_from_running_lab_passes_validation(tmp_path, clean_env, provider):
     names = ["node1", "node2", "node3", "node4"]
@@ -348,7 +357,7 @@ def test_unknown_box_interface_asks_for_up_or_override(tmp_path, clean_env):
     assert groups["k3s_agents"][0][1]["node_interface"] == "ens6"
 
 
-def test_inventory_file_loads_through_pyinfra(tmp_path, clean_env, monkeypatch):
+def test_inventory_file_loads_through_pyinfra(tmp_path, clean_environ, monkeypatch):
     """inventories/vagrant.py as pyinfra loads it: groups, host data, group_data defaults."""
     from pyinfra.api import Config, State
     from pyinfra.context import ctx_state
@@ -356,8 +365,6 @@ def test_inventory_file_loads_through_pyinfra(tmp_path, clean_env, monkeypatch):
 
     names = ["node1", "node2", "node3", "node4"]
     monkeypatch.setattr(lab_vagrant, "_vagrant", lambda quiet=True: RecordedVagrant({n: "running" for n in names}))
-    for key, value in clean_env.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.setenv("HOMECLOUD_KEEPALIVED_AUTH_PASS", "Vq3xR8tz")
     monkeypatch.setenv("HOMECLOUD_SAMBA_ALICE", "c0rrect-h0rse-batt")
     monkeypatch.chdir(REPO_ROOT)
@@ -397,17 +404,13 @@ def test_inventory_file_without_vms_fails_with_the_command_to_run(tmp_path, clea
     assert "Traceback" not in output
 
 
-def test_destroy_covers_nodes_created_with_a_larger_count(tmp_path, clean_env, monkeypatch):
+def test_destroy_covers_nodes_created_with_a_larger_count(tmp_path, clean_env, clean_environ, monkeypatch):
     """VMs made with HOMECLOUD_VAGRANT_NODES=8 are destroyed even when the variable is unset now."""
     dot = Path(clean_env["VAGRANT_DOTFILE_PATH"])
     for i in (1, 2, 7, 8):
         (dot / "machines" / f"node{i}" / "libvirt").mkdir(parents=True)
         (dot / "machines" / f"node{i}" / "libvirt" / "id").write_text(f"id-{i}")
     (dot / "machines" / "node9" / "libvirt").mkdir(parents=True)  # never created: no id
-    for key in [k for k in os.environ if k.startswith(("HOMECLOUD_VAGRANT_", "VAGRANT_"))]:
-        monkeypatch.delenv(key)
-    for key, value in clean_env.items():
-        monkeypatch.setenv(key, value)
 
     class Recorder:
         env = None
@@ -444,12 +447,8 @@ def test_blank_disk_paths_are_the_ones_the_vagrantfile_makes():
     assert f"test -e {link}" in text
 
 
-def test_up_records_the_interface_each_vm_reports(tmp_path, clean_env, monkeypatch):
+def test_up_records_the_interface_each_vm_reports(tmp_path, clean_env, clean_environ):
     """`ip -o -4 addr show to IP/32` as Debian 12 prints it -> the interface, with the machine id."""
-    for key in [k for k in os.environ if k.startswith(("HOMECLOUD_VAGRANT_", "VAGRANT_"))]:
-        monkeypatch.delenv(key)
-    for key, value in clean_env.items():
-        monkeypatch.setenv(key, value)
     dot = Path(clean_env["VAGRANT_DOTFILE_PATH"])
     (dot / "machines" / "node1" / "libvirt").mkdir(parents=True)
     (dot / "machines" / "node1" / "libvirt" / "id").write_text("0d8e2c1a-5f5e-4c57-9d0b-1c2f3e4d5a6b\n")

@@ -179,3 +179,53 @@ def test_raspberry_pi_cmdline_end_to_end(nodes, pyinfra_run, lab_api):
         assert f"{name}: reboot needed:" in second["stderr"]
     finally:
         lab_api.run(name, "rm -rf /boot/firmware")
+
+
+@pytest.mark.destructive
+def test_base_repairs_drift_and_keeps_the_users_lines(nodes, pyinfra_run, lab_api):
+    """
+    A node drifted by hand: another host name, a wrong address in the homecloud block, a swap
+    line in fstab, forwarding off. One run puts it right (backups kept, the user's own lines
+    kept), the next run changes nothing.
+    """
+    h, host = _one_node(nodes)
+    name = h["name"]
+    if is_ip(name) or not h["data"].get("base_manage_hostname", True):
+        pytest.skip("host names are not managed")
+    lab_api.run(
+        name,
+        "hostname drifted && echo drifted > /etc/hostname && "
+        "sed -i 's/^127.0.1.1.*/127.0.1.1\\tdrifted/' /etc/hosts && "
+        f"sed -i 's/^[0-9.]*\\t{name}$/192.0.2.99\\t{name}/' /etc/hosts && "
+        "echo '192.0.2.7 printer  # the user line' >> /etc/hosts && "
+        "echo '/swapfile none swap sw 0 0' >> /etc/fstab && "
+        "sysctl -qw net.ipv4.ip_forward=0",
+    )
+    try:
+        first = pyinfra_run(BASE_DEPLOY, "--limit", name)
+        assert first["returncode"] == 0, results.summary(first)
+        changed = results.changed(first).get(name, [])
+        for op in ("Host name and cluster nodes in /etc/hosts", "Swap off now and at boot", "sysctls for k3s"):
+            assert op in changed, results.summary(first)
+
+        assert host.check_output("hostname") == name
+        assert host.file("/etc/hostname").content_string.strip() == name
+        hosts_file = host.file("/etc/hosts").content_string
+        assert f"127.0.1.1\t{name}" in hosts_file and "drifted" not in hosts_file
+        assert f"{h['data']['node_ip']}\t{name}" in hosts_file and "192.0.2.99" not in hosts_file
+        assert "192.0.2.7 printer  # the user line" in hosts_file, "the user's line must stay"
+        assert "192.0.2.99" in host.file("/etc/hosts.homecloud.bak").content_string
+
+        fstab = host.file("/etc/fstab").content_string
+        assert "#homecloud-swap-off# /swapfile none swap sw 0 0" in fstab.splitlines()
+        assert "/swapfile none swap sw 0 0" in host.file("/etc/fstab.homecloud.bak").content_string.splitlines()
+        assert host.check_output("sysctl -n net.ipv4.ip_forward") == "1"
+
+        second = pyinfra_run(BASE_DEPLOY, "--limit", name)
+        assert second["returncode"] == 0 and results.changed(second) == {}, results.summary(second)
+    finally:
+        lab_api.run(
+            name,
+            "sed -i '/\\/swapfile none swap sw 0 0/d' /etc/fstab && sed -i '/192.0.2.7 printer/d' /etc/hosts",
+            check=False,
+        )

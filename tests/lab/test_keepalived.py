@@ -177,8 +177,7 @@ def measure_failover(lab_api, servers, action, label: str, restore, back_to_hold
         time.sleep(1.5)  # the watchers are connected and looping
         t0 = time.time()
         action(holder)
-        for w in watchers:
-            w.join(30)
+        wait_for(lambda: appeared or not any(w.is_alive() for w in watchers), 25, 0.02)
         moved = sorted(appeared, key=appeared.get)[:1]
         seconds = (appeared[moved[0]] - t0) if moved else float("inf")
         # let ping see the new holder answer before measuring the gap
@@ -380,3 +379,31 @@ def test_nopreempt_keeps_the_vip_where_it_is(servers, lab_api, pyinfra_run):
         )
         print(f"\nnopreempt off again: the VIP is back on {expected_holder(servers)} after {seconds:.2f} s")
         assert back, "after turning nopreempt off again the highest priority server did not take the VIP back"
+
+
+@pytest.mark.destructive
+def test_multicast_mode(servers, lab_api, pyinfra_run):
+    """keepalived_unicast=False: VRRP adverts go to 224.0.0.18; one holder, failover, back."""
+    first = pyinfra_run("deploys/keepalived.py", "--data", "keepalived_unicast=False")
+    try:
+        assert first["returncode"] == 0 and not results.errors(first), results.summary(first)
+        for h, host in servers:
+            assert "unicast_peer" not in host.file(CONFIG).content_string
+        names = [h["name"] for h, _ in servers]
+        vip, interface = vip_of(servers), servers[0][0]["data"]["node_interface"]
+        one, _ = wait_for(lambda: len(lab_holders(lab_api, names, vip, interface)) == 1, 15, 0.3)
+        assert one, f"multicast: VIP holders {lab_holders(lab_api, names, vip, interface)}"
+        measure_failover(
+            lab_api,
+            servers,
+            action=lambda holder: lab_api.run(holder, "systemctl stop keepalived"),
+            label="multicast: keepalived stopped on the holder",
+            restore=lambda holder: lab_api.run(holder, "systemctl start keepalived"),
+        )
+    finally:
+        restored = pyinfra_run("deploys/keepalived.py")
+        assert restored["returncode"] == 0 and not results.errors(restored), results.summary(restored)
+        names = [h["name"] for h, _ in servers]
+        vip, interface = vip_of(servers), servers[0][0]["data"]["node_interface"]
+        back, _ = wait_for(lambda: lab_holders(lab_api, names, vip, interface) == [expected_holder(servers)], 30, 0.3)
+        assert back, "after going back to unicast the highest priority server does not hold the VIP"

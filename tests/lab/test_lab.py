@@ -9,6 +9,7 @@ another instance (NOTRACE) and compares the host before and after.
 from __future__ import annotations
 
 import json
+import subprocess
 import os
 import re
 import time
@@ -273,3 +274,47 @@ def test_broken_node_fails_alone_and_recovers(deployed, pyinfra_run, lab_api, ma
     report = results.summary(repaired)
     assert repaired["returncode"] == 0 and not results.failed_hosts(repaired), report
     assert results.changed(repaired) == {}, report
+
+
+# --- Names, inventory ---------------------------------------------------------------------------
+
+
+def test_names_fit_the_interface_limit(local_only):
+    longest = "abcdefgh"
+    assert core.instance_name(longest) == longest
+    names = [core.bridge_name(longest)] + [core.node_link(longest, n["name"]) for n in core.plan_nodes(core.MAX_NODES, True)]
+    assert max(len(n) for n in names) <= 15, names
+    for bad in ("abcdefghi", "Hc", "1hc", "h-c", "-"):
+        with pytest.raises(core.LabError):
+            core.instance_name(bad)
+    plan = core.plan_nodes(8, False)
+    assert [n["name"] for n in plan if "k3s_servers" in n["groups"]] == ["node1", "node2", "node3"]
+    assert [n["name"] for n in plan if "dnas" in n["groups"]] == ["node1", "node2"]
+    assert all(n["groups"] == ["k3s_agents"] for n in plan[3:])
+
+
+def test_inventory_matches_the_lab(lab_api, inventory_hosts):
+    by_name = {h["name"]: h for h in inventory_hosts}
+    nodes = lab_api.nodes()
+    assert sorted(by_name) == sorted(n["name"] for n in nodes)
+    for n in nodes:
+        data = by_name[n["name"]]["data"]
+        assert data["ssh_hostname"] == data["node_ip"] == n["ip"]
+        assert data["node_interface"] == n["interface"] == "host0"
+        assert data["vip"] == lab_api.vip() and data["network_prefix"] == lab_api.prefix()
+        assert set(n["groups"]) <= set(by_name[n["name"]]["groups"])
+        assert data["nfs_exports"][0]["networks"] == [lab_api.subnet()]
+        assert data["k3s_install"] == "off" and data["longhorn_enabled"] is False
+        if "dnas" in n["groups"]:
+            assert data["dnas_device"] == "LABEL=homecloud-data"
+            assert any(d["label"] == "homecloud-data" for d in n["disks"])
+
+
+def test_inventory_refuses_a_lab_that_is_not_up(local_only):
+    proc = subprocess.run(
+        [results.pyinfra_bin(), "-y", "inventories/lab.py", "exec", "--", "true"],
+        cwd=results.REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HOMECLOUD_LAB": "hcnotup"},
+    )
+    assert proc.returncode != 0
+    assert "lab is not up: run python -m lab up" in proc.stderr + proc.stdout
