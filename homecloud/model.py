@@ -64,6 +64,9 @@ TAINT_RE = re.compile(
 )
 ARCHES = ("amd64", "arm64", "armhf")
 KEEPALIVED_PASS_RE = re.compile(r"^[A-Za-z0-9_.,:;+=@%^*()\[\]{}/~-]{1,8}$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+SYSCTL_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
 WORKGROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,15}$")
 
 
@@ -231,6 +234,14 @@ def node_ip(spec: HostSpec) -> str | None:
     return value
 
 
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
 def _is_secret_bad(value: Any) -> bool:
     if value is None:
         return True
@@ -356,6 +367,24 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
         check_int(spec, "dnas_uid", 1000, 59999)
         check_int(spec, "dnas_gid", 1000, 59999)
         check_int(spec, "k3s_ready_timeout", 10, 7200)
+        if spec.data.get("base_manage_hostname") and not _is_ip(spec.name) and not HOSTNAME_RE.match(spec.name):
+            err(spec.name, "inventory", "the host name is not a valid Linux host name (base_manage_hostname sets it)", "use letters, digits and - (up to 63), or set base_manage_hostname = False")
+        modules = spec.data.get("base_kernel_modules") or []
+        if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) and MODULE_RE.match(m) for m in modules):
+            err(spec.name, "base_kernel_modules", f"`{modules!r}` is not a list of module names", 'write it like ["overlay", "br_netfilter"]')
+        sysctls = spec.data.get("base_sysctls") or {}
+        if not isinstance(sysctls, dict):
+            err(spec.name, "base_sysctls", "must be a dict of sysctl key: value", 'write it like {"net.ipv4.ip_forward": "1"}')
+        else:
+            for key, value in sysctls.items():
+                if not isinstance(key, str) or not SYSCTL_RE.match(key) or not isinstance(value, (str, int)) or isinstance(value, bool) or "\n" in str(value):
+                    err(spec.name, "base_sysctls", f"`{key!r}: {value!r}` is not a sysctl setting", 'write it like "net.ipv4.ip_forward": "1"')
+        for key in ("keepalived_check_script", "keepalived_notify_script"):
+            script = spec.data.get(key)
+            if script is None:
+                continue
+            if not isinstance(script, str) or not script.startswith("/") or any(c in script for c in '"\n\r'):
+                err(spec.name, key, f"`{script!r}` is not a command keepalived can run", "give an absolute path first (keepalived runs it without a shell), with no double quotes or line breaks, e.g. /usr/bin/systemctl is-active --quiet k3s")
         user = spec.data.get("dnas_user")
         if not isinstance(user, str) or not UNIX_USER_RE.match(user):
             err(spec.name, "dnas_user", f"`{user!r}` is not a valid user name", "use lower-case letters, digits, _ or -")

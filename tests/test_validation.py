@@ -262,6 +262,22 @@ BAD = {
         lambda ns: set_host(ns, "pi1", dnas_blank_device="/dev/sdb", dnas_format=True),
         "pi1: dnas_blank_device: `'/dev/sdb'` is not a stable disk path",
     ),
+    "check_script_relative": (
+        lambda ns: set_all(ns, keepalived_check_script="systemctl is-active k3s"),
+        "pi1: keepalived_check_script: `'systemctl is-active k3s'` is not a command keepalived can run. Fix: give an absolute path first",
+    ),
+    "host_name_invalid": (
+        lambda ns: ns["k3s_agents"].__setitem__(0, node("pi_4", "192.168.1.14")),
+        "pi_4: inventory: the host name is not a valid Linux host name",
+    ),
+    "kernel_module_name": (
+        lambda ns: set_all(ns, base_kernel_modules=["overlay; reboot"]),
+        "pi1: base_kernel_modules: `['overlay; reboot']` is not a list of module names",
+    ),
+    "sysctl_value": (
+        lambda ns: set_all(ns, base_sysctls={"net.ipv4.ip_forward": ["1"]}),
+        "pi1: base_sysctls: `'net.ipv4.ip_forward': ['1']` is not a sysctl setting",
+    ),
     "guest_writable_share": (
         lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "guest_ok": True, "read_only": False}]),
         "pi1: samba_shares: share `pub` is writable by guests",
