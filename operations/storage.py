@@ -282,12 +282,7 @@ def mount(
         status = host.get_fact(SystemdStatus, services=[unit])
         enabled = host.get_fact(SystemdEnabled, services=[unit])
         if status.get(unit):
-            # Where systemd cannot start its umount helper (seen in containers: the unit's
-            # cgroup is gone), unmount directly; a busy disk fails both ways.
-            yield StringCommand(
-                "systemctl stop", QuoteString(unit), "|| { umount", QuoteString(path),
-                "&& systemctl reset-failed", QuoteString(unit), "; }",
-            )
+            yield StringCommand("systemctl stop", QuoteString(unit))
         if enabled.get(unit):
             yield StringCommand("systemctl disable", QuoteString(unit))
         removed = host.get_fact(FileContents, path=unit_file) is not None
