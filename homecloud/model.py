@@ -519,6 +519,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             if spec.data.get("longhorn_fstype") not in ("ext4", "xfs"):
                 err(spec.name, "longhorn_fstype", f"`{spec.data.get('longhorn_fstype')!r}` is not supported by Longhorn", "use ext4 or xfs")
             _check_blank_device(err, spec, "longhorn")
+            _check_device_label(err, spec, "longhorn")
             _check_outside_k3s(err, spec.name, "longhorn_data_path", spec.data.get("longhorn_data_path"))
 
     # dnas: disk, Syncthing, Samba, NFS.
@@ -540,6 +541,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
         if data.get("dnas_fstype") not in ("ext4", "xfs", "btrfs"):
             err(spec.name, "dnas_fstype", f"`{data.get('dnas_fstype')!r}` is not supported", "use ext4, xfs or btrfs")
         _check_blank_device(err, spec, "dnas")
+        _check_device_label(err, spec, "dnas")
         _check_outside_k3s(err, spec.name, "dnas_path", path)
 
         if data.get("syncthing_enabled"):
@@ -560,6 +562,8 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                     if fid not in folder_ids:
                         err(spec.name, "syncthing_devices", f"device `{device_entry.get('name')}` gets unknown folder `{fid}`", "use ids from syncthing_folders")
             gui = str(data.get("syncthing_gui_address") or "")
+            if not re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$", gui) or not 0 < int(gui.rsplit(":", 1)[1]) < 65536:
+                err(spec.name, "syncthing_gui_address", f"`{gui}` is not host:port", "write it like 127.0.0.1:8384")
             if not gui.startswith(("127.", "localhost:", "[::1]:")) and _is_secret_bad(data.get("syncthing_gui_password")):
                 err(spec.name, "syncthing_gui_password", f"the GUI listens on {gui} but has no real password", "set a password or keep syncthing_gui_address = '127.0.0.1:8384'")
 
@@ -640,13 +644,32 @@ def _check_blank_device(err, spec: HostSpec, prefix: str) -> None:
         return
     if not isinstance(blank, str) or not re.match(r"^/dev/disk/by-(id|path)/\S+$", blank):
         err(spec.name, f"{prefix}_blank_device", f"`{blank!r}` is not a stable disk path", "name the blank disk by /dev/disk/by-id/... or /dev/disk/by-path/...")
+    device = str(spec.data.get(f"{prefix}_device") or "")
+    if device and not device.startswith(("LABEL=", "UUID=")):
+        err(spec.name, f"{prefix}_device", f"`{device}` cannot be given to a disk being formatted", f"use LABEL=... (or UUID=...) for {prefix}_device with {prefix}_blank_device")
     if not spec.data.get(f"{prefix}_device") or not spec.data.get(f"{prefix}_format"):
         err(spec.name, f"{prefix}_blank_device", f"given without {prefix}_device and {prefix}_format = True", f"set {prefix}_device = 'LABEL=...' (the label it gets) and {prefix}_format = True, or remove it")
+
+
+LABEL_LIMITS = {"ext4": 16, "xfs": 12, "btrfs": 255}
+
+
+def _check_device_label(err, spec: HostSpec, prefix: str) -> None:
+    device = spec.data.get(f"{prefix}_device")
+    if not isinstance(device, str) or not device.startswith("LABEL="):
+        return
+    label = device[len("LABEL="):]
+    fstype = spec.data.get(f"{prefix}_fstype", "ext4")
+    limit = LABEL_LIMITS.get(fstype, 16)
+    if not re.match(r"^[A-Za-z0-9._-]+$", label) or len(label) > limit:
+        err(spec.name, f"{prefix}_device", f"label `{label}` is not usable on {fstype}", f"use at most {limit} letters, digits and ._-")
 
 
 def _check_relative(err, host: str, key: str, path: Any) -> None:
     if not isinstance(path, str) or path.startswith("/") or ".." in Path(path).parts:
         err(host, key, f"path `{path!r}` must be relative to dnas_path and stay inside it", "write it like 'data' or 'photos/2024'")
+    elif key != "syncthing_folders" and path.strip("/") in ("", "."):
+        err(host, key, "the root of dnas_path is not shared (it holds Syncthing's keys in .config)", "share a folder inside it, e.g. 'data'")
     elif any(c in path for c in '"\n\r\\'):
         err(host, key, f"path `{path!r}` contains a quote, backslash or line break", "use plain folder names like 'photos/2024'")
 

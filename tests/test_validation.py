@@ -278,6 +278,18 @@ BAD = {
         lambda ns: set_all(ns, base_sysctls={"net.ipv4.ip_forward": ["1"]}),
         "pi1: base_sysctls: `'net.ipv4.ip_forward': ['1']` is not a sysctl setting",
     ),
+    "device_label_too_long": (
+        lambda ns: set_host(ns, "pi1", dnas_device="LABEL=my-very-long-nas-label"),
+        "pi1: dnas_device: label `my-very-long-nas-label` is not usable on ext4. Fix: use at most 16",
+    ),
+    "gui_address_not_host_port": (
+        lambda ns: set_all(ns, syncthing_gui_address="127.0.0.1"),
+        "pi1: syncthing_gui_address: `127.0.0.1` is not host:port",
+    ),
+    "share_root_of_dnas": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": ".", "networks": ["192.168.1.0/24"]}]),
+        "pi1: nfs_exports: the root of dnas_path is not shared",
+    ),
     "guest_writable_share": (
         lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "guest_ok": True, "read_only": False}]),
         "pi1: samba_shares: share `pub` is writable by guests",
