@@ -33,9 +33,7 @@ SQUASH = {
 }
 
 
-def _unescape(path: str) -> str:
-    """exportfs writes special characters of paths as octal escapes (a space is \\040)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), path)
+CLIENT_RE = re.compile(r"^(\S+)\((.*)\)$")
 
 
 def _kernel_client(options: list[str]) -> dict:
@@ -84,26 +82,31 @@ class KernelExports(FactBase):
         return "exportfs -v 2>/dev/null || true"
 
     def process(self, output):
+        # `exportfs -v` prints one line per (path, client): the path as it is (not escaped, so it
+        # may hold blanks), padded to 14 characters, a tab, then client(options); a path longer
+        # than 14 characters is printed alone and its client follows on the next line after two
+        # tabs. An export to several clients repeats the path for each one.
         exports: dict[str, dict] = {}
         pending = None
         for line in output:
             if not line.strip():
                 continue
-            match = re.match(r"^(\S+)\s+(\S+)\((.*)\)\s*$", line)
-            if match and not line[0].isspace():
-                path, client, options = match.groups()
+            if line[0].isspace():
+                if pending is None:
+                    continue
+                path, client_part = pending, line.strip()
             else:
-                match = re.match(r"^\s+(\S+)\((.*)\)\s*$", line)
-                if match and pending:
-                    path = pending
-                    client, options = match.groups()
-                elif not line[0].isspace():
-                    # A long path is printed alone; its client follows on the next line.
-                    pending = line.strip()
+                head, tab, rest = line.partition("\t")
+                if not (tab and CLIENT_RE.match(rest.strip())):
+                    # A long path alone; its client follows on the next line.
+                    pending = line
                     continue
-                else:
-                    continue
-            path = _unescape(path)
+                path, client_part = head.rstrip(" "), rest.strip()
+            pending = None
+            match = CLIENT_RE.match(client_part)
+            if not match:
+                continue
+            client, options = match.groups()
             client = "*" if client == "<world>" else client
             entry = exports.setdefault(path, {"clients": {}})
             entry["clients"][client] = _kernel_client([o for o in options.split(",") if o])
@@ -196,8 +199,11 @@ def _client_view(params: dict, inherited: dict) -> dict:
 class GaneshaExports(FactBase):
     """
     The EXPORT blocks of nfs-ganesha's configuration (EXPORT_DEFAULTS applied), and whether the
-    running server has each one (`active`, from its D-Bus `ShowExports`; None when D-Bus gave
-    no answer). Empty when the file is absent.
+    running server has each one (`active`, from its D-Bus `ShowExports`, which names an export
+    by its Pseudo path when NFS_CORE_PARAM sets mount_path_pseudo, by its Path otherwise; None
+    when D-Bus gave no answer). `protocols`/`transports` are [] when neither the EXPORT nor
+    EXPORT_DEFAULTS sets them (ganesha's built-in defaults apply). ``%include`` files are not
+    read. Empty when the file is absent.
 
     .. code:: python
 
@@ -251,9 +257,20 @@ class GaneshaExports(FactBase):
 
         blocks = parse_ganesha(config_lines)
         defaults: dict[str, str] = {}
+        default_lists: dict[str, list[str]] = {}
         for block in blocks:
             if block["name"].lower() == "export_defaults":
                 defaults.update({key: values[0] for key, values in block["params"].items() if values})
+                default_lists.update({key: values for key, values in block["params"].items() if values})
+
+        # ShowExports names each export by its Pseudo path when NFS_CORE_PARAM sets
+        # mount_path_pseudo (default false), by its Path otherwise.
+        by_pseudo = False
+        for block in blocks:
+            if block["name"].lower() == "nfs_core_param":
+                value = _first(block["params"], "mount_path_pseudo")
+                if value is not None:
+                    by_pseudo = value.lower() in ("true", "yes", "on", "1")
 
         exports = {}
         for block in blocks:
@@ -274,14 +291,17 @@ class GaneshaExports(FactBase):
                     clients[network] = view
             export_view = _client_view({}, inherited)
             export_id = _first(params, "export_id")
+            pseudo = _first(params, "pseudo")
+            reported = pseudo if by_pseudo and pseudo else path
             exports[path] = {
                 "export_id": int(export_id) if export_id and export_id.isdigit() else None,
-                "pseudo": _first(params, "pseudo"),
-                "protocols": params.get("protocols", []),
-                "transports": params.get("transports", []),
+                "pseudo": pseudo,
+                # Lists given neither here nor in EXPORT_DEFAULTS (ganesha's own defaults apply): [].
+                "protocols": params.get("protocols") or default_lists.get("protocols", []),
+                "transports": params.get("transports") or default_lists.get("transports", []),
                 "access": export_view["access"],
                 "squash": export_view["squash"],
                 "clients": clients,
-                "active": None if active_paths is None else path in active_paths,
+                "active": None if active_paths is None else reported in active_paths,
             }
         return exports

@@ -13,6 +13,7 @@ included), so a disk is only ever called blank when nothing at all was found on 
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from pyinfra.api import FactBase
@@ -24,6 +25,20 @@ _SPEC_LINKS = {
     "PARTUUID": "/dev/disk/by-partuuid/",
     "PARTLABEL": "/dev/disk/by-partlabel/",
 }
+
+
+def _findmnt_unescape(text: str) -> str:
+    """findmnt -r / -P write blanks, quotes, backslashes and every non-ASCII byte as ``\\xHH``."""
+    raw = re.sub(rb"\\x([0-9a-fA-F]{2})", lambda m: bytes([int(m.group(1), 16)]), text.encode())
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _blkid_unescape(text: str) -> str:
+    """
+    ``blkid -o export`` puts a backslash before blanks, quotes, ``$``, ``<``, ``>`` and ``\\``.
+    (Non-ASCII bytes come as ``M-x``, which cannot be told from a literal "M-": left as printed.)
+    """
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def device_link(device: str) -> str:
@@ -105,14 +120,13 @@ class BlockDevice(FactBase):
                 info[key] = value
             elif section == "blkid":
                 key, _, value = line.partition("=")
-                blkid[key] = value
+                blkid[key] = _blkid_unescape(value)
             elif section == "wipefs":
                 signatures.append(line.split()[0])
             elif section == "partitions":
                 partitions.append(line)
             elif section == "mounts":
-                # findmnt -r escapes blanks as \x20
-                mounts.append(line.encode().decode("unicode_escape"))
+                mounts.append(_findmnt_unescape(line))
         if "path" not in info:
             return {}
         return {
@@ -172,7 +186,7 @@ class MountPoint(FactBase):
             if line.startswith("SOURCE="):
                 for item in shlex.split(line):
                     key, _, value = item.partition("=")
-                    values[key] = value
+                    values[key] = _findmnt_unescape(value)
             elif "=" in line:
                 key, _, value = line.partition("=")
                 values[key] = value
