@@ -20,7 +20,7 @@ KUBECONFIG_PATH = "/etc/rancher/k3s/k3s.yaml"
 class K3sArch(FactBase):
     """
     The node's k3s architecture from the kernel (``uname -m``): ``amd64``, ``arm64`` or
-    ``armhf`` (armv6/armv7), ``None`` for anything k3s has no release for.
+    ``armhf`` (armv7; k3s has no armv6 build: a Pi Zero / Pi 1 gives ``None``), ``None`` for anything k3s has no release for.
 
     .. code:: python
 

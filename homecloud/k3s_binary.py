@@ -44,7 +44,6 @@ MACHINE_ARCH = {
     "arm64": "arm64",
     "armv7l": "armhf",
     "armv7": "armhf",
-    "armv6l": "armhf",
     "armhf": "armhf",
     "arm": "armhf",
 }

@@ -30,7 +30,7 @@ def sha(data: bytes) -> str:
 
 @pytest.mark.parametrize(
     "machine,arch",
-    [("x86_64", "amd64"), ("aarch64", "arm64"), ("armv7l", "armhf"), ("armv6l", "armhf"), ("riscv64", None), ("", None)],
+    [("x86_64", "amd64"), ("aarch64", "arm64"), ("armv7l", "armhf"), ("armv6l", None), ("riscv64", None), ("", None)],
 )
 def test_arch_from_machine(machine, arch):
     assert k3s_binary.arch_from_machine(machine) == arch
