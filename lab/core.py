@@ -11,7 +11,12 @@ Layout of one instance (``HOMECLOUD_LAB``, default ``hc``; names below for ``hc`
   while the node runs (a stopped or crashed node is gone from the network, VIP included);
 - per node an overlay root (lower: the cached base rootfs, upper: the node's own changes), its
   own machine-id, SSH host keys and hostname, booted with
-  ``systemd-nspawn --register=no --keep-unit --boot --network-namespace-path=... --private-network``;
+  ``systemd-nspawn --register=no --keep-unit --boot --network-namespace-path=... --private-network``
+  from a small boot wrapper in the node's own cgroups (``/sys/fs/cgroup/{systemd,unified}/
+  homecloud-lab/hc-node1``): a node that reboots itself boots again, one that powers itself
+  off leaves the network;
+- host firewall table ``inet homecloud_lab_hc`` (nftables): from the bridge the host accepts
+  only the apt proxy port, ping and replies; nothing is routed to or from the lab;
 - data disks: ext4 image files on loop devices bound into the dnas nodes, with the
   ``/dev/disk/by-*`` links udev would make (udev does not run in containers);
 - the apt proxy (see `lab.proxy`): the only way out of the lab.
@@ -182,14 +187,76 @@ def plan_nodes(count: int, arm64: bool) -> list[dict]:
 # --- Processes --------------------------------------------------------------------------------
 
 
-def _nspawn_pids(root: Path) -> list[int]:
+# Each node runs as a small sh loop (the "boot wrapper") running systemd-nspawn: it boots the
+# node again when the node itself reboots (nspawn exit status 133), like a board does, and when
+# the node powers itself off it takes the node off the network (removes its namespace and veth).
+# `stop_node` and `down` kill the wrapper first and clean up themselves.
+# First the wrapper moves itself into the node's own cgroups (see node_cgroups).
+BOOT_LOOP = ('for cg in $HC_LAB_CGROUPS; do echo $$ > "$cg/cgroup.procs" || exit 1; done; '
+             'while :; do "$@"; rc=$?; [ "$rc" -eq 133 ] || break; done; '
+             'ip netns del "$HC_LAB_NETNS"; ip link del "$HC_LAB_VETH"; exit "$rc"')
+REBOOT_STATUS = 133
+# The cgroup hierarchies systemd uses to track processes (cgroup v1 "name=systemd" and the
+# unified v2 one of a hybrid host). nspawn --keep-unit puts a container's cgroups ("payload",
+# "supervisor") below nspawn's own cgroup: without a cgroup per node, every node's systemd
+# would share one tree (/payload/system.slice/...), and a unit stopping in one node would wait
+# for the processes of the same unit in the others.
+CGROUP_TREES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
+CGROUP_PARENT = "homecloud-lab"
+
+
+def node_cgroups(node: dict) -> list[Path]:
+    return [Path(tree) / CGROUP_PARENT / node["veth"] for tree in CGROUP_TREES if Path(tree, "cgroup.procs").exists()]
+
+
+def remove_cgroups(paths) -> None:
+    """rmdir cgroup folders bottom-up (only empty ones can go; busy ones are left)."""
+    for top in paths:
+        top = Path(top)
+        if not top.is_dir():
+            continue
+        for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+        try:
+            top.rmdir()
+        except OSError:
+            pass
+
+
+def _lab_procs(match) -> tuple[list[int], list[int]]:
+    """(boot wrapper pids, systemd-nspawn pids) whose arguments satisfy `match(arg)`."""
+    wrappers, nspawns = [], []
+    for pid in all_pids():
+        cmd = proc_cmdline(pid)
+        if not cmd or not any(match(a) for a in cmd) or not pid_alive(pid):
+            continue
+        if cmd[0].endswith("systemd-nspawn"):
+            nspawns.append(pid)
+        elif cmd[:3] == ["sh", "-c", BOOT_LOOP]:
+            wrappers.append(pid)
+    return wrappers, nspawns
+
+
+def _node_procs(root: Path) -> tuple[list[int], list[int]]:
     marker = f"--directory={root}"
-    return [p for p in all_pids() if marker in proc_cmdline(p) and pid_alive(p)]
+    return _lab_procs(lambda a: a == marker)
+
+
+def _nspawn_pids(root: Path) -> list[int]:
+    return _node_procs(root)[1]
+
+
+def _instance_procs(instance: str) -> tuple[list[int], list[int]]:
+    prefix = f"--directory={state_dir(instance)}/nodes/"
+    return _lab_procs(lambda a: a.startswith(prefix))
 
 
 def _instance_nspawn_pids(instance: str) -> list[int]:
-    prefix = f"--directory={state_dir(instance)}/nodes/"
-    return [p for p in all_pids() if any(a.startswith(prefix) for a in proc_cmdline(p)) and pid_alive(p)]
+    wrappers, nspawns = _instance_procs(instance)
+    return wrappers + nspawns
 
 
 def container_init_pid(nspawn_pid: int) -> int | None:
@@ -520,14 +587,16 @@ def ssh_ready(state: dict, node: dict, timeout: float = 5) -> bool:
 
 
 def node_running(state: dict, node: dict) -> bool:
-    return bool(_nspawn_pids(Path(node["root"])))
+    """True while the node is booted, or rebooting (its boot wrapper is alive)."""
+    wrappers, nspawns = _node_procs(Path(node["root"]))
+    return bool(wrappers or nspawns)
 
 
 def start_node(state: dict, node: dict) -> int:
     """Create the node's network and boot it (returns the nspawn pid; does not wait for sshd)."""
-    existing = _nspawn_pids(Path(node["root"]))
-    if existing:
-        return existing[0]
+    wrappers, nspawns = _node_procs(Path(node["root"]))
+    if wrappers or nspawns:
+        return (wrappers + nspawns)[0]
     mount_overlay(state, node)
     create_node_net(state, node)
     log_file = state_dir(state["instance"]) / "logs" / f"{node['name']}.log"
@@ -545,9 +614,17 @@ def start_node(state: dict, node: dict) -> int:
         argv.append("--kill-signal=SIGINT")
     for disk in node.get("disks", []):
         argv.append(f"--bind={disk['device']}")
+    cgroups = node_cgroups(node)
+    remove_cgroups(cgroups)  # leftovers of an earlier boot
+    for cg in cgroups:
+        cg.mkdir(parents=True, exist_ok=True)
+    # Detached (its own session, parent: init) so it outlives the process that started it.
+    wrapper = ["setsid", "sh", "-c", BOOT_LOOP, f"homecloud-lab-boot-{node['veth']}", *argv]
     proc = subprocess.run(
-        ["sh", "-c", 'setsid "$@" </dev/null >>"$HC_LAB_LOG" 2>&1 & echo $!', "sh", *argv],
-        capture_output=True, text=True, env={**os.environ, "HC_LAB_LOG": str(log_file)}, check=True,
+        ["sh", "-c", '"$@" </dev/null >>"$HC_LAB_LOG" 2>&1 & echo $!', "sh", *wrapper],
+        capture_output=True, text=True, check=True,
+        env={**os.environ, "HC_LAB_LOG": str(log_file), "HC_LAB_NETNS": node["netns"], "HC_LAB_VETH": node["veth"],
+             "HC_LAB_CGROUPS": " ".join(str(c) for c in cgroups)},
     )
     pid = int(proc.stdout.strip())
     node["pid"] = pid
@@ -576,7 +653,9 @@ def wait_ssh(state: dict, nodes: list[dict], timeout: float = SSH_TIMEOUT) -> No
 def stop_node(state: dict, node: dict, crash: bool = False, timeout: float = 30) -> None:
     """Power the node off cleanly (SIGTERM to nspawn), or crash it (SIGKILL its init); then its
     network namespace and veth are removed, so it is gone from the network like a dead board."""
-    pids = _nspawn_pids(Path(node["root"]))
+    wrappers, pids = _node_procs(Path(node["root"]))
+    # First the boot wrapper, so that nothing boots the node again.
+    _kill_and_wait(wrappers, signal.SIGKILL, 5)
     if crash:
         for pid in pids:
             init = container_init_pid(pid)
@@ -593,6 +672,7 @@ def stop_node(state: dict, node: dict, crash: bool = False, timeout: float = 30)
                     os.kill(init, signal.SIGKILL)
             _kill_and_wait(pids, signal.SIGKILL, 5)
     delete_node_net(node)
+    remove_cgroups(node_cgroups(node))
     node["pid"] = None
 
 
@@ -627,6 +707,11 @@ def up(instance: str | None = None, nodes: int = DEFAULT_NODES, arm64: bool = Fa
             return _fresh_up(instance, nodes, arm64, t0)
         except BaseException as e:
             tails = _log_tails(instance)
+            try:
+                RUN_ROOT.mkdir(parents=True, exist_ok=True)
+                (RUN_ROOT / f"{instance}-last-up-error.log").write_text(f"{time.ctime()}: {type(e).__name__}: {e}{tails}\n")
+            except OSError:
+                pass
             if os.environ.get("HOMECLOUD_LAB_KEEP"):
                 log(f"up failed; leaving lab `{instance}` as it is (HOMECLOUD_LAB_KEEP): python -m lab down removes it")
             else:
@@ -768,7 +853,8 @@ def down(instance: str | None = None) -> float:
 def _down(instance: str) -> None:
     folder = state_dir(instance)
     state = load_state(instance)
-    pids = _instance_nspawn_pids(instance)
+    wrappers, pids = _instance_procs(instance)
+    _kill_and_wait(wrappers, signal.SIGKILL, 5)
     if pids and not _kill_and_wait(pids, signal.SIGTERM, 20):
         for pid in pids:
             init = container_init_pid(pid)
@@ -793,6 +879,14 @@ def _down(instance: str) -> None:
         if re.fullmatch(rf"{instance}-node\d+", link) or link == bridge_name(instance):
             sh(["ip", "link", "del", link], check=False)
     delete_firewall(instance)
+    for tree in CGROUP_TREES:
+        parent = Path(tree) / CGROUP_PARENT
+        if parent.is_dir():
+            remove_cgroups(p for p in parent.iterdir() if re.fullmatch(rf"{instance}-node\d+", p.name))
+            try:
+                parent.rmdir()  # only when no other instance uses it
+            except OSError:
+                pass
     prefix = str(folder) + "/"
     for loop in _losetup_list():
         if (loop.get("back-file") or "").startswith(prefix):

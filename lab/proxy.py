@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -149,4 +148,3 @@ def stop_forwarder(instance: str) -> None:
         except PermissionError:
             os.kill(pid, signal.SIGTERM)
     wait_for(lambda: not [p for p in forwarder_pids(instance) if pid_alive(p)], 5)
-    time.sleep(0)

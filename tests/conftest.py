@@ -14,10 +14,7 @@ The default of --lab can also come from $HOMECLOUD_TEST_LAB.
 
 import os
 
-import pytest
-
 LAB_MODES = ("none", "local", "vagrant")
-SKIP_REASON = "run with --lab=local (root, Debian) or --inventory"
 
 
 def pytest_addoption(parser):

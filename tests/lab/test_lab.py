@@ -1,9 +1,10 @@
 """
 Tests of the lab itself (--lab=local), and of how a deploy behaves when one node is broken.
 
-Most tests use a scratch instance of their own (SCRATCH, 2 nodes) so they can crash, reset and
-probe nodes without disturbing the session's lab; the no-trace test brings up and removes yet
-another instance (NOTRACE) and compares the host before and after.
+Most tests use a scratch instance of their own (SCRATCH, 2 nodes: "t" + a tag derived from
+$HOMECLOUD_LAB and the pid) so they can crash, reset and probe nodes without disturbing the session's lab;
+the no-trace test brings up and removes yet another instance (NOTRACE, "n" + the tag) and
+compares the host before and after.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import os
 import re
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,12 @@ from lab import core, results
 from lab.api import Lab
 from lab.util import STATE_ROOT, all_pids, proc_cmdline
 
-SCRATCH = "hclabt"
-NOTRACE = "hcnotr"
+# Instances of their own, named after the session's instance and this process, so that two
+# test sessions on one host never touch each other's scratch labs (both are removed at the end;
+# after a killed session, `ls /var/lib/homecloud-lab` shows what to `HOMECLOUD_LAB=... python -m lab down`).
+_TAG = format(zlib.crc32(f"{core.instance_name()}/{os.getpid()}".encode()) & 0xFFFFF, "05x")
+SCRATCH = f"t{_TAG}"
+NOTRACE = f"n{_TAG}"
 LAB_NAME = re.compile(r"^([a-z][a-z0-9]{0,7})-(br|node\d+)$")
 
 
@@ -89,7 +95,11 @@ def host_snapshot(instance: str) -> dict[str, set]:
     if core.shutil.which("nft"):
         out = core.sh(["nft", "list", "tables"], check=False).stdout
         tables = {t for t in out.split() if t.startswith(f"homecloud_lab_{instance}")}
-    return {"links": links, "netns": netns, "mounts": mounts, "loops": loops, "procs": procs, "nft": tables}
+    cgroups = {
+        str(c) for tree in core.CGROUP_TREES for c in Path(tree, core.CGROUP_PARENT).glob(f"{instance}-*")
+    }
+    return {"links": links, "netns": netns, "mounts": mounts, "loops": loops, "procs": procs, "nft": tables,
+            "cgroups": cgroups}
 
 
 def test_up_down_leave_no_trace(local_only):
@@ -105,6 +115,7 @@ def test_up_down_leave_no_trace(local_only):
     assert any(str(core.state_dir(NOTRACE)) in m for m in during["mounts"])
     assert any(str(core.state_dir(NOTRACE)) in b for _, b in during["loops"])
     assert any("systemd-nspawn" in cmd for _, cmd in during["procs"])
+    assert any(c.endswith(f"{NOTRACE}-node1") for c in during["cgroups"])
     assert lab.run("node2", "hostname").stdout.strip() == "node2"
     assert state["timings"]["nodes_ready_seconds"] > 0
     down_seconds = lab.down()
@@ -237,12 +248,32 @@ def test_crash_poweroff_start_cut_link(scratch):
     assert _eventually(ping)
 
 
+def test_node_reboots_and_powers_itself_off(scratch):
+    """`reboot` in a node boots it again (like a board); `poweroff` takes it off the network."""
+    ip2 = scratch.node("node2")["ip"]
+    # The container's PID 1 (its start time is in /proc/1/stat) is a new one after a reboot.
+    init_before = scratch.run("node2", "echo kept > /root/reboot-test; cat /proc/1/stat").stdout
+    scratch.run("node2", "systemctl reboot", check=False, timeout=20)
+    assert _eventually(
+        lambda: scratch.run("node2", "cat /proc/1/stat", check=False).stdout not in ("", init_before), 90
+    ), "node2 did not come back after reboot"
+    assert scratch.run("node2", "cat /root/reboot-test").stdout == "kept\n"
+    assert scratch.is_running("node2")
+    scratch.run("node2", "systemctl poweroff", check=False, timeout=20)
+    assert _eventually(lambda: not scratch.is_running("node2"), 30)
+    assert _eventually(lambda: not Path(f"/sys/class/net/{SCRATCH}-node2").exists(), 10)
+    assert scratch.run("node1", f"ping -c1 -W1 {ip2}", check=False).returncode != 0
+    scratch.start("node2")
+    assert scratch.run("node2", "cat /root/reboot-test").stdout == "kept\n"
+
+
 def test_reset_gives_a_fresh_node(scratch):
     scratch.run("node2", "echo junk > /root/junk")
     old = scratch.run("node2", "cat /etc/machine-id").stdout
     seconds = scratch.reset(["node2"])
     print(f"reset node2: {seconds:.1f} s")
-    assert scratch.run("node2", "test -e /root/junk", check=False).returncode == 1
+    probe = scratch.run("node2", "test -e /root/junk", check=False)
+    assert probe.returncode == 1, probe
     assert scratch.run("node2", "cat /etc/machine-id").stdout != old
     assert scratch.run("node1", "hostname").stdout.strip() == "node1"  # untouched
 
