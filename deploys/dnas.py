@@ -33,10 +33,10 @@ check_state(state)
 from posixpath import join, normpath  # noqa: E402
 
 from pyinfra.api import HiddenValue  # noqa: E402
-from pyinfra.operations import apt, files  # noqa: E402
+from pyinfra.operations import files  # noqa: E402
 
 from homecloud.cluster import address, group_hosts  # noqa: E402
-from operations import samba, storage, syncthing  # noqa: E402
+from operations import node, samba, storage, syncthing  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 data = host.data
@@ -74,10 +74,10 @@ if "dnas" in host.groups:
             fstype=fstype,
             options=data.get("dnas_mount_options", "defaults"),
         )
-        for unit in users_of_data:
+        if users_of_data:
             storage.requires_mount(
-                name=f"{unit} starts only with {dnas_path} mounted",
-                service=unit,
+                name=f"{', '.join(users_of_data)} start only with {dnas_path} mounted",
+                services=users_of_data,
                 path=dnas_path,
             )
 
@@ -100,25 +100,16 @@ if "dnas" in host.groups:
     )
 
     # --- 3. Syncthing ---------------------------------------------------------------------------
+    folders: list[dict] = []
     if syncthing_on:
         from_syncthing = data.get("syncthing_source", "debian") == "syncthing"
         if from_syncthing:
-            apt.packages(
-                name="Tools to fetch Syncthing's apt key",
-                packages=["curl", "ca-certificates"],
-                update=True,
-                cache_time=3600,
-            )
+            node.packages(name="Tools to fetch Syncthing's apt key", packages=["curl", "ca-certificates"])
         syncthing.repository(
             name="Syncthing's own apt repository" if from_syncthing else "No Syncthing apt repository (Debian's package)",
             present=from_syncthing,
         )
-        apt.packages(
-            name="Install Syncthing",
-            packages=["syncthing", "python3"],
-            update=True,
-            cache_time=3600,
-        )
+        node.packages(name="Install Syncthing", packages=["syncthing", "python3"])
         folders = [
             {
                 "id": folder["id"],
@@ -135,17 +126,13 @@ if "dnas" in host.groups:
                 group=dnas_user,
             )
         syncthing.service(name=f"Syncthing runs as syncthing@{dnas_user}", user=dnas_user)
-        syncthing.remove_default_folder(name="No untouched Syncthing default folder", user=dnas_user)
         password = data.get("syncthing_gui_password")
-        syncthing.gui(
-            name=f"Syncthing GUI on {data.get('syncthing_gui_address')}",
+        gui_address = data.get("syncthing_gui_address", "127.0.0.1:8384")
+        syncthing.configure(
+            name=f"Syncthing: no untouched default folder, GUI on {gui_address}, every dnas node peered, folders shared",
             user=dnas_user,
-            address=data.get("syncthing_gui_address", "127.0.0.1:8384"),
-            password=HiddenValue(password) if password else None,
-        )
-        syncthing.mesh(
-            name="Syncthing: every dnas node peered with every other, folders shared",
-            user=dnas_user,
+            gui_address=gui_address,
+            gui_password=HiddenValue(password) if password else None,
             peers={peer.name: address(peer) for peer in group_hosts(state, "dnas")},
             folders=folders,
             devices=[dict(device) for device in data.get("syncthing_devices") or []],
@@ -155,7 +142,10 @@ if "dnas" in host.groups:
         syncthing.service(name=f"Syncthing (syncthing@{dnas_user}) is off", user=dnas_user, present=False)
 
     # --- 4. Samba and NFS over the same folder --------------------------------------------------
+    # Their operations run after the ones above: the dnas owner and these folders are in place
+    # (checked on the node a moment before), so the included layers do not read them again.
+    prepared = sorted({dnas_path, *(folder["path"] for folder in folders)})
     for layer in ("samba", "nfs"):
         layer_file = HERE / f"{layer}.py"
         if layer_file.exists():
-            local.include(str(layer_file))
+            local.include(str(layer_file), data={"dnas_prepared_folders": prepared})

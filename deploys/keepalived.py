@@ -19,11 +19,10 @@ Which node holds the VIP, and each node's VRRP state:
 """
 
 from pyinfra import host, state
-from pyinfra.operations import apt, server, systemd
 
 from homecloud.cluster import address, group_hosts, vrrp_priority
 from homecloud.model import check_state
-from operations import keepalived
+from operations import keepalived, node
 
 check_state(state)
 
@@ -33,19 +32,15 @@ SCRIPT_USER = "keepalived_script"
 members = group_hosts(state, data.get("keepalived_group", "k3s_servers"))
 
 if data.get("keepalived_enabled", True) and host in members:
-    apt.packages(
+    node.packages(
         name="Install keepalived (and curl for the default health check)",
         packages=["keepalived", "curl"],
-        update=True,
-        cache_time=3600,
     )
-    server.user(
+    node.system_user(
         name=f"User {SCRIPT_USER} that runs keepalived's scripts",
         user=SCRIPT_USER,
-        system=True,
         shell="/usr/sbin/nologin",
         home="/nonexistent",
-        create_home=False,
     )
     unicast = bool(data.get("keepalived_unicast", True))
     keepalived.vip(
@@ -65,9 +60,4 @@ if data.get("keepalived_enabled", True) and host in members:
         notify_script=data.get("keepalived_notify_script"),
         script_user=SCRIPT_USER,
     )
-    systemd.service(
-        name="keepalived enabled and running",
-        service="keepalived.service",
-        running=True,
-        enabled=True,
-    )
+    node.services(name="keepalived enabled and running", services=["keepalived.service"])

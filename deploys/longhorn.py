@@ -15,13 +15,13 @@ and the k3s layer labels them node.longhorn.io/create-default-disk=false.
 """
 
 from pyinfra import host, logger, state
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
 
 from facts.k3s import K3sArch
 from facts.longhorn import COMMANDS, MODULES, PACKAGES
 from homecloud.cluster import group_hosts
 from homecloud.model import check_state
-from operations import longhorn, storage
+from operations import longhorn, node, storage
 
 check_state(state)
 
@@ -36,13 +36,11 @@ if host in k3s_nodes and host.data.get("longhorn_enabled"):
             "prerequisites are skipped (set longhorn_enabled = False for it to silence this)."
         )
     else:
-        apt.packages(
+        node.packages(
             name="Longhorn host packages (open-iscsi, NFSv4 client, cryptsetup, dmsetup, tools)",
             # curl, util-linux (findmnt, blkid, lsblk), gawk/mawk, grep and bash for the commands
             # Longhorn runs on the host: COMMANDS in facts/longhorn.py.
             packages=list(PACKAGES) + ["curl", "util-linux", "mawk"],
-            update=True,
-            cache_time=3600,
         )
         device = host.data.get("longhorn_device")
         if device:

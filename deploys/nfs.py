@@ -16,12 +16,11 @@ from homecloud.model import check_state
 
 check_state(state)
 
-from io import StringIO  # noqa: E402
 from posixpath import join, normpath  # noqa: E402
 
-from pyinfra.operations import apt, files, systemd  # noqa: E402
+from pyinfra.operations import files, systemd  # noqa: E402
 
-from operations import nfs, samba  # noqa: E402
+from operations import nfs, node, samba  # noqa: E402
 
 GANESHA_STOP_WAIT = """\
 # Managed by homecloud (deploys/nfs.py): wait until ganesha.nfsd has exited before a restart
@@ -46,7 +45,10 @@ if "dnas" in host.groups:
     ]
     enabled = bool(host.data.get("nfs_enabled"))
 
-    if enabled:
+    # Set by deploys/dnas.py when it includes this layer: the dnas owner and these folders exist.
+    prepared = host.data.get("dnas_prepared_folders")
+
+    if enabled and prepared is None:
         samba.account(
             name=f"dnas owner {dnas_user} (created only if absent)",
             user=dnas_user,
@@ -54,7 +56,8 @@ if "dnas" in host.groups:
             gid=gid,
             home=dnas_path,
         )
-        for export in exports:
+    if enabled:
+        for export in (e for e in exports if e["path"] not in (prepared or [])):
             files.directory(
                 name=f"Exported folder {export['path']}",
                 path=export["path"],
@@ -64,21 +67,16 @@ if "dnas" in host.groups:
 
     if enabled and backend == "kernel":
         # The other backend would hold port 2049: stop it if it is there.
-        systemd.service(name="nfs-ganesha is off", service="nfs-ganesha", running=False, enabled=False)
-        apt.packages(name="Install the kernel NFS server", packages=["nfs-kernel-server"], update=True, cache_time=3600)
+        node.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
+        node.packages(name="Install the kernel NFS server", packages=["nfs-kernel-server"])
         nfs.kernel_exports(name="NFS exports (kernel server)", exports=exports, anonuid=uid, anongid=gid)
-        systemd.service(name="Kernel NFS server is running", service="nfs-server", running=True, enabled=True)
+        node.services(name="Kernel NFS server is running", services=["nfs-server"])
 
     elif enabled and backend == "ganesha":
         # The other backend would hold port 2049: stop it and drop its exports if it is there.
-        systemd.service(name="Kernel NFS server is off", service="nfs-server", running=False, enabled=False)
+        node.services(name="Kernel NFS server is off", services=["nfs-server"], running=False, enabled=False)
         nfs.kernel_exports(name="No kernel NFS exports", exports=[], anonuid=uid, anongid=gid, present=False)
-        apt.packages(
-            name="Install nfs-ganesha",
-            packages=["nfs-ganesha", "nfs-ganesha-vfs", "rpcbind", "dbus"],
-            update=True,
-            cache_time=3600,
-        )
+        node.packages(name="Install nfs-ganesha", packages=["nfs-ganesha", "nfs-ganesha-vfs", "rpcbind", "dbus"])
         ganesha = nfs.ganesha_config(
             name="nfs-ganesha configuration",
             exports=exports,
@@ -88,15 +86,13 @@ if "dnas" in host.groups:
         # The unit stops ganesha with an asynchronous D-Bus call: a restart could start the new
         # server while the old one still holds port 2049 and, exiting, unregisters the new one
         # from rpcbind. Make "stop" wait until the old process is gone (at most ~30 s).
-        stop_wait = files.put(
+        stop_wait = node.text_file(
             name="nfs-ganesha: stop waits for the server to exit",
-            src=StringIO(GANESHA_STOP_WAIT),
-            dest="/etc/systemd/system/nfs-ganesha.service.d/homecloud-stop-wait.conf",
-            mode="644",
+            path="/etc/systemd/system/nfs-ganesha.service.d/homecloud-stop-wait.conf",
+            text=GANESHA_STOP_WAIT,
         )
         systemd.daemon_reload(name="systemd reloads nfs-ganesha's unit", _if=stop_wait.did_change)
-        systemd.service(name="rpcbind is running (NFSv3)", service="rpcbind", running=True, enabled=True)
-        systemd.service(name="nfs-ganesha is running", service="nfs-ganesha", running=True, enabled=True)
+        node.services(name="rpcbind (NFSv3) and nfs-ganesha are running", services=["rpcbind", "nfs-ganesha"])
         systemd.service(
             name="Restart nfs-ganesha (configuration changed)",
             service="nfs-ganesha",
@@ -107,4 +103,4 @@ if "dnas" in host.groups:
     else:
         # NFS turned off: nothing is exported any more (the data stays).
         nfs.kernel_exports(name="homecloud NFS exports removed", exports=[], anonuid=uid, anongid=gid, present=False)
-        systemd.service(name="nfs-ganesha is off", service="nfs-ganesha", running=False, enabled=False)
+        node.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)

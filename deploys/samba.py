@@ -18,9 +18,9 @@ check_state(state)
 from posixpath import join, normpath  # noqa: E402
 
 from pyinfra.api import HiddenValue  # noqa: E402
-from pyinfra.operations import apt, files, systemd  # noqa: E402
+from pyinfra.operations import files, systemd  # noqa: E402
 
-from operations import samba  # noqa: E402
+from operations import node, samba  # noqa: E402
 
 if "dnas" in host.groups:
     dnas_path = host.data.get("dnas_path")
@@ -37,23 +37,22 @@ if "dnas" in host.groups:
         for share in host.data.get("samba_shares") or []
     ]
 
+    # Set by deploys/dnas.py when it includes this layer: the dnas owner and these folders exist.
+    prepared = host.data.get("dnas_prepared_folders")
+
     if host.data.get("samba_enabled"):
-        apt.packages(
-            name="Install Samba",
-            packages=["samba"],
-            update=True,
-            cache_time=3600,
-        )
+        node.packages(name="Install Samba", packages=["samba"])
 
-        samba.account(
-            name=f"dnas owner {dnas_user} (created only if absent)",
-            user=dnas_user,
-            uid=host.data.get("dnas_uid"),
-            gid=host.data.get("dnas_gid"),
-            home=dnas_path,
-        )
+        if prepared is None:
+            samba.account(
+                name=f"dnas owner {dnas_user} (created only if absent)",
+                user=dnas_user,
+                uid=host.data.get("dnas_uid"),
+                gid=host.data.get("dnas_gid"),
+                home=dnas_path,
+            )
 
-        for share in shares:
+        for share in (s for s in shares if s["path"] not in (prepared or [])):
             files.directory(
                 name=f"Share folder {share['path']}",
                 path=share["path"],
@@ -77,12 +76,7 @@ if "dnas" in host.groups:
             workgroup=host.data.get("samba_workgroup", "WORKGROUP"),
         )
 
-        systemd.service(
-            name="Samba is running",
-            service="smbd",
-            running=True,
-            enabled=True,
-        )
+        node.services(name="Samba is running", services=["smbd"])
 
         systemd.service(
             name="Reload Samba (configuration changed)",

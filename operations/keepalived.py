@@ -16,10 +16,10 @@ from io import StringIO
 from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
 from pyinfra.api.util import get_file_sha1
-from pyinfra.facts.files import File, Sha1File
-from pyinfra.operations import files
 
 from facts.keepalived import STATE_FILE
+from facts.node import FileStates
+from operations.node import put_texts
 
 INSTANCE = "homecloud_vip"
 CHECK = "homecloud_check"
@@ -209,7 +209,9 @@ def vip(
             unicast_peers=["192.168.1.12", "192.168.1.13"],
         )
     """
-    remote = host.get_fact(File, path=path)
+    # One read for both files: the live config and the state recorder.
+    states = host.get_fact(FileStates, paths=[path, NOTIFY_HELPER])
+    remote = states.get(path)
 
     if not present:
         if remote:
@@ -237,18 +239,10 @@ def vip(
     )
 
     # The state recorder must exist before keepalived -t looks at the scripts.
-    yield from files.put._inner(
-        src=StringIO(NOTIFY_HELPER_CONTENT),
-        dest=NOTIFY_HELPER,
-        user="root",
-        group="root",
-        mode="755",
-        create_remote_dir=False,
-    )
+    yield from put_texts([{"dest": NOTIFY_HELPER, "text": NOTIFY_HELPER_CONTENT, "mode": "755"}], states=states)[NOTIFY_HELPER]
 
-    same = bool(remote) and host.get_fact(Sha1File, path=path) == get_file_sha1(StringIO(config))
-    if same:
-        if remote["mode"] != 600 or remote["user"] != "root" or remote["group"] != "root":
+    if remote and remote["sha1"] == get_file_sha1(StringIO(config)):
+        if int(remote["mode"], 8) != 0o600 or remote["user"] != "root" or remote["group"] != "root":
             yield StringCommand("chown", "root:root", QuoteString(path))
             yield StringCommand("chmod", "600", QuoteString(path))
         else:

@@ -10,24 +10,32 @@ zram-generator.conf) get a ``.homecloud.bak`` copy before homecloud changes them
 
 from __future__ import annotations
 
+import posixpath
+import re
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api.util import get_file_sha1
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Hostname
-from pyinfra.operations import apt, files
+from pyinfra.operations import files
+from pyinfra.operations.apt import noninteractive_apt
 
 from facts.node import (
     FSTAB_SWAP_OFF_MARK,
     OTHER_NTP_DAEMONS,
     ZRAM_GENERATOR_CONF,
+    DebStatus,
+    FileStates,
     Iptables,
     KernelModuleStatus,
     Swap,
     SysctlValues,
     TimeSync,
+    UnitStates,
 )
+from facts.samba import UnixAccount
 
 HOSTS_BEGIN = "# BEGIN homecloud nodes (managed by homecloud: edits inside this block are replaced)"
 HOSTS_END = "# END homecloud nodes"
@@ -35,8 +43,52 @@ HOSTS_END = "# END homecloud nodes"
 # systemctl is-enabled states that a `systemctl disable` turns off.
 ENABLED_STATES = ("enabled", "enabled-runtime", "generated", "linked", "linked-runtime", "alias", "indirect")
 
+# What pyinfra's systemd facts count as running (SubState) and enabled (UnitFileState).
+RUNNING_SUB_STATES = ("running", "waiting", "exited", "listening", "mounted")
+ENABLED_FILE_STATES = ("enabled", "static")
+
+# pyinfra's apt.update(cache_time=...) touches this file after an update; so does node.packages.
+APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"
+ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
 # k3s docs: iptables 1.8.0 - 1.8.4 with the nf_tables backend has bugs (duplicate rules).
 BUGGY_NFT_IPTABLES = ((1, 8, 0), (1, 8, 4))
+
+
+def put_texts(wanted: list[dict], states: dict | None = None) -> dict[str, list]:
+    """
+    The commands that make each file hold its text with its mode and owner, by path ([] for a
+    file that is as wanted), decided from ONE ``node.FileStates`` read for all of them
+    (pyinfra's ``files.put`` reads three facts per file: the file, its folder, its sha1).
+
+    + wanted: ``[{"dest": path, "text": str, "mode": "644", "user": "root", "group": "root"}]``
+      (mode, user and group optional: 644, root, root); a missing folder is created
+    + states: the ``node.FileStates`` of these paths when the operation read it already
+    """
+    if states is None:
+        states = host.get_fact(FileStates, paths=[f["dest"] for f in wanted])
+    commands: dict[str, list] = {}
+    for f in wanted:
+        dest, text = f["dest"], f["text"]
+        mode, user, group = f.get("mode", "644"), f.get("user", "root"), f.get("group", "root")
+        current = states.get(dest)
+        owner = StringCommand("chown", QuoteString(f"{user}:{group}"), QuoteString(dest))
+        chmod = StringCommand("chmod", mode, QuoteString(dest))
+        todo = commands[dest] = []
+        if current is None or current["sha1"] != get_file_sha1(StringIO(text)):
+            if current is None:
+                todo.append(StringCommand("mkdir -p", QuoteString(posixpath.dirname(dest))))
+            todo += [
+                FileUploadCommand(StringIO(text), dest, remote_temp_filename=host.get_temp_filename(dest)),
+                owner,
+                chmod,
+            ]
+            continue
+        if (current["user"], current["group"]) != (user, group):
+            todo.append(owner)
+        if int(current["mode"], 8) != int(mode, 8):
+            todo.append(chmod)
+    return commands
 
 
 def _backup(path: str) -> StringCommand:
@@ -277,7 +329,7 @@ def time_sync(present: bool = True):
 
     changed = False
     if timesyncd["enabled"] == "absent":
-        yield from apt.packages._inner(packages=["systemd-timesyncd"], update=True, cache_time=3600)
+        yield from _apt_install(["systemd-timesyncd"], cache_time=3600)
         changed = True
     if fact["container"]:
         if timesyncd["enabled"] != "enabled":
@@ -334,8 +386,9 @@ def kernel_modules(
 
     content = "# homecloud: kernel modules k3s needs, loaded at boot by systemd-modules-load\n"
     content += "".join(f"{m}\n" for m in modules)
-    yield from files.put._inner(src=StringIO(content), dest=path, mode="644", create_remote_dir=False)
-    if not to_load:
+    written = put_texts([{"dest": path, "text": content}])[path]
+    yield from written
+    if not to_load and not written:
         host.noop(f"{'/'.join(modules)} already present (loaded or built in)")
 
 
@@ -402,8 +455,9 @@ def sysctls(
 
     content = "# homecloud: sysctls for k3s, applied at boot by systemd-sysctl\n"
     content += "".join(f"{key} = {_normalise(values[key])}\n" for key in keys)
-    yield from files.put._inner(src=StringIO(content), dest=path, mode="644", create_remote_dir=False)
-    if not changed:
+    written = put_texts([{"dest": path, "text": content}])[path]
+    yield from written
+    if not changed and not written:
         host.noop(f"{len(keys)} sysctls already have their values")
 
 
@@ -452,3 +506,203 @@ def iptables_legacy(present: bool = True, auto: bool = True):
         raise OperationError(f"{host.name}: iptables {shown} needs the legacy backend but iptables-legacy is not installed")
     yield "update-alternatives --set iptables /usr/sbin/iptables-legacy"
     yield "update-alternatives --set ip6tables /usr/sbin/ip6tables-legacy"
+
+
+def _apt_install(packages: list[str], cache_time: int) -> list:
+    """
+    Commands that install `packages`: ``apt-get update`` first unless the package lists are
+    younger than `cache_time` seconds (decided on the node, from the stamp file pyinfra's
+    ``apt.update`` uses too), then ``apt-get install``.
+    """
+    minutes = -(-cache_time // 60)
+    update = f"apt-get update && touch {APT_UPDATE_STAMP}"
+    if minutes > 0:
+        update = f'if [ -z "$(find {APT_UPDATE_STAMP} -mmin -{minutes} 2>/dev/null)" ]; then {update}; fi'
+    return [update, StringCommand(noninteractive_apt("install"), *[QuoteString(p) for p in packages])]
+
+
+@operation()
+def packages(packages: list[str], present: bool = True, cache_time: int = 3600):
+    """
+    Install Debian packages that are missing (or remove installed ones), from one short fact.
+
+    + packages: package names
+    + present: False removes the packages that are installed (``apt-get remove``, config kept)
+    + cache_time: ``apt-get update`` runs before an install unless the package lists were
+      updated less than this many seconds ago (0: always before an install)
+
+    What pyinfra's ``apt.packages(update=True, cache_time=...)`` does, in one fact read instead
+    of three (installed packages, the node's date, the update stamp): an installed package
+    needs neither the package lists nor the date, so a re-run reads only the state of the
+    packages asked for; whether the lists are fresh is decided on the node, in the command
+    that installs.
+
+    **Example:**
+
+    .. code:: python
+
+        node.packages(name="Install keepalived", packages=["keepalived", "curl"])
+    """
+    if not packages:
+        raise OperationError("packages must name at least one package")
+    for package in packages:
+        if not re.match(r"^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?$", package):
+            raise OperationError(f"`{package}` is not a Debian package name")
+    status = host.get_fact(DebStatus, packages=list(packages))
+    installed = [p for p in packages if status.get(p.split(":")[0], "")[1:2] == "i"]
+
+    if not present:
+        if installed:
+            yield StringCommand(noninteractive_apt("remove"), *[QuoteString(p) for p in installed])
+        else:
+            host.noop(f"{', '.join(packages)} not installed")
+        return
+
+    missing = [p for p in packages if p not in installed]
+    if missing:
+        yield from _apt_install(missing, cache_time)
+    else:
+        host.noop(f"{', '.join(packages)} installed")
+
+
+@operation()
+def system_user(
+    user: str,
+    home: str = "/nonexistent",
+    shell: str = "/usr/sbin/nologin",
+    present: bool = True,
+):
+    """
+    A system account (no home directory is created, a group of its name) that runs a service's
+    helper programs; its home and shell are kept as asked.
+
+    + user: the account name
+    + home: home directory written in passwd (not created)
+    + shell: login shell (default: no login)
+    + present: False removes the account (not its files)
+
+    Reads only this account (``getent``), not every user of the node.
+
+    **Example:**
+
+    .. code:: python
+
+        node.system_user(name="User for keepalived's scripts", user="keepalived_script")
+    """
+    if not ACCOUNT_RE.match(user):
+        raise OperationError(f"`{user}` is not a valid user name")
+    existing = host.get_fact(UnixAccount, user=user, group=user)["user"]
+
+    if not present:
+        if existing:
+            yield StringCommand("userdel", QuoteString(user))
+        else:
+            host.noop(f"user {user} is absent")
+        return
+
+    if existing is None:
+        yield StringCommand(
+            "useradd --system --no-create-home --user-group --home-dir",
+            QuoteString(home),
+            "--shell",
+            QuoteString(shell),
+            QuoteString(user),
+        )
+        return
+    changes: list = []
+    if existing["home"] != home:
+        changes += ["--home", QuoteString(home)]
+    if existing["shell"] != shell:
+        changes += ["--shell", QuoteString(shell)]
+    if changes:
+        yield StringCommand("usermod", *changes, QuoteString(user))
+    else:
+        host.noop(f"user {user} exists")
+
+
+def unit_states(units: list[str]) -> dict[str, dict]:
+    """``node.UnitStates`` as booleans: unit -> {"running": bool, "enabled": bool}."""
+    states = host.get_fact(UnitStates, units=list(units))
+    return {
+        unit: {
+            "running": (states.get(unit) or {}).get("sub") in RUNNING_SUB_STATES,
+            "enabled": (states.get(unit) or {}).get("file") in ENABLED_FILE_STATES,
+        }
+        for unit in units
+    }
+
+
+@operation()
+def services(services: list[str], running: bool = True, enabled: bool = True):
+    """
+    Several systemd services running (or stopped) and enabled (or disabled) at boot, decided
+    from one fact read (what ``systemd.service`` does per service with two), in the order given.
+
+    + services: unit names (``.service`` is added to names without a suffix)
+    + running: True starts the stopped ones, False stops the running ones
+    + enabled: True enables the disabled ones, False disables the enabled ones
+
+    Running and enabled mean what they mean to pyinfra's ``systemd.service`` (a ``static``
+    unit counts as enabled, an ``exited`` oneshot as running). Restart or reload a service
+    whose configuration changed with ``systemd.service(..., _if=...)``.
+
+    **Example:**
+
+    .. code:: python
+
+        node.services(name="NFS is running", services=["rpcbind", "nfs-ganesha"])
+    """
+    if not services:
+        raise OperationError("services must name at least one unit")
+    units = [unit if "." in unit else f"{unit}.service" for unit in services]
+    states = unit_states(units)
+    changed = False
+    for unit in units:
+        if states[unit]["running"] != running:
+            yield StringCommand("systemctl", "start" if running else "stop", QuoteString(unit))
+            changed = True
+        if states[unit]["enabled"] != enabled:
+            yield StringCommand("systemctl", "enable" if enabled else "disable", QuoteString(unit))
+            changed = True
+    if not changed:
+        host.noop(
+            f"{', '.join(units)} {'running' if running else 'stopped'} and "
+            f"{'enabled' if enabled else 'disabled'}"
+        )
+
+
+@operation()
+def text_file(path: str, text: str, mode: str = "644", user: str = "root", group: str = "root", present: bool = True):
+    """
+    A file that holds exactly a text, with its mode and owner (one fact read; pyinfra's
+    ``files.put`` reads three).
+
+    + path: the file (its folder is created when missing)
+    + text: what it holds
+    + mode: its mode (octal, as a string)
+    + user: its owner
+    + group: its group
+    + present: False removes it
+
+    **Example:**
+
+    .. code:: python
+
+        node.text_file(
+            name="nfs-ganesha stop waits",
+            path="/etc/systemd/system/nfs-ganesha.service.d/homecloud-stop-wait.conf",
+            text="[Service]\\nExecStopPost=/bin/true\\n",
+        )
+    """
+    if not path.startswith("/"):
+        raise OperationError(f"{path!r} is not an absolute path")
+    if not present:
+        if host.get_fact(FileStates, paths=[path]).get(path):
+            yield StringCommand("rm -f", QuoteString(path))
+        else:
+            host.noop(f"{path} does not exist")
+        return
+    commands = put_texts([{"dest": path, "text": text, "mode": mode, "user": user, "group": group}])[path]
+    yield from commands
+    if not commands:
+        host.noop(f"{path} is up to date")

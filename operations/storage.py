@@ -16,9 +16,10 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
-from pyinfra.operations import files
 
+from facts.node import FileStates
 from facts.storage import BlockDevice, MountPoint, device_link
+from operations.node import put_texts
 
 UNIT_DIR = "/etc/systemd/system"
 
@@ -338,47 +339,44 @@ def mount(
 
 
 @operation()
-def requires_mount(service: str, path: str, present: bool = True):
+def requires_mount(services: list[str], path: str, present: bool = True):
     """
-    Make a service start only with the filesystem of a path mounted (a systemd drop-in).
+    Make services start only with the filesystem of a path mounted (a systemd drop-in each).
 
-    + service: the unit (``smbd``, ``syncthing@dnas``; ``.service`` is added when missing)
-    + path: the path the service needs (``RequiresMountsFor=``: Requires + After its mounts)
-    + present: False removes the drop-in
+    + services: the units (``smbd``, ``syncthing@dnas``; ``.service`` is added when missing)
+    + path: the path the services need (``RequiresMountsFor=``: Requires + After its mounts)
+    + present: False removes the drop-ins
 
-    Stopping the mount stops the service too, so it never writes into an empty mount point.
-    The service is not restarted: the dependency applies from its next start.
+    Stopping the mount stops the services too, so they never write into an empty mount point.
+    The services are not restarted: the dependency applies from their next start. The
+    drop-ins of all the services are checked with one fact read.
 
     **Example:**
 
     .. code:: python
 
         storage.requires_mount(
-            name="Samba waits for the data disk",
-            service="smbd",
+            name="Samba and Syncthing wait for the data disk",
+            services=["smbd", "syncthing@dnas"],
             path="/srv/dnas",
         )
     """
-    if "." not in service.split("@")[-1]:
-        service = f"{service}.service"
-    dropin = f"{UNIT_DIR}/{service}.d/homecloud-mount.conf"
+    if not services:
+        raise OperationError("services must name at least one unit")
+    units = [service if "." in service.split("@")[-1] else f"{service}.service" for service in services]
+    dropins = [f"{UNIT_DIR}/{unit}.d/homecloud-mount.conf" for unit in units]
     if present:
-        changes = list(
-            files.put._inner(
-                src=StringIO(
-                    "# Managed by homecloud (operations/storage.py): start only with the data disk mounted.\n"
-                    f"[Unit]\nRequiresMountsFor={path}\n"
-                ),
-                dest=dropin,
-                user="root",
-                group="root",
-                mode="644",
-            )
+        text = (
+            "# Managed by homecloud (operations/storage.py): start only with the data disk mounted.\n"
+            f"[Unit]\nRequiresMountsFor={path}\n"
         )
+        written = put_texts([{"dest": dropin, "text": text} for dropin in dropins])
+        changes = [command for dropin in dropins for command in written[dropin]]
     else:
-        changes = list(files.file._inner(path=dropin, present=False))
+        states = host.get_fact(FileStates, paths=dropins)
+        changes = [StringCommand("rm -f", QuoteString(dropin)) for dropin in dropins if states.get(dropin)]
     if changes:
         yield from changes
         yield "systemctl daemon-reload"
     else:
-        host.noop(f"{service} {'waits for' if present else 'does not wait for'} the mounts of {path}")
+        host.noop(f"{', '.join(units)} {'wait for' if present else 'do not wait for'} the mounts of {path}")

@@ -19,10 +19,11 @@ from io import StringIO
 
 from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, QuoteString, StringCommand, operation
-from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import files
 
+from facts.node import FileStates
 from facts.syncthing import API_CLIENT, DeviceId, Node
+from operations.node import put_texts, unit_states
 
 CLIENT_PATH = "/usr/local/lib/homecloud/syncthing-api"
 KEYRING = "/etc/apt/keyrings/syncthing-archive-keyring.gpg"
@@ -81,8 +82,8 @@ def repository(channel: str = "stable", present: bool = True):
         changes += files.put._inner(src=StringIO(source), dest=SOURCES_LIST, mode="644")
         changes += files.put._inner(src=StringIO(pin), dest=PREFERENCES, mode="644")
     else:
-        for path in (SOURCES_LIST, PREFERENCES, KEYRING):
-            changes += files.file._inner(path=path, present=False)
+        states = host.get_fact(FileStates, paths=[SOURCES_LIST, PREFERENCES, KEYRING])
+        changes += [StringCommand("rm -f", QuoteString(path)) for path in (SOURCES_LIST, PREFERENCES, KEYRING) if states.get(path)]
     if changes:
         yield from changes
         yield "apt-get update -qq"
@@ -110,9 +111,8 @@ def service(user: str, present: bool = True):
     """
     unit = f"syncthing@{user}.service"
     dropin = f"/etc/systemd/system/{unit}.d/homecloud.conf"
-    status = host.get_fact(SystemdStatus, services=[unit])
-    enabled = host.get_fact(SystemdEnabled, services=[unit])
-    running, is_enabled = status.get(unit), enabled.get(unit)
+    states = unit_states([unit])[unit]
+    running, is_enabled = states["running"], states["enabled"]
 
     if not present:
         commands: list = []
@@ -130,23 +130,19 @@ def service(user: str, present: bool = True):
             host.noop(f"{unit} is not running")
         return
 
-    client = list(
-        files.put._inner(src=StringIO(API_CLIENT), dest=CLIENT_PATH, user="root", group="root", mode="755")
-    )
-    conf = list(
-        files.put._inner(
-            src=StringIO(
-                "# Managed by homecloud (operations/syncthing.py).\n"
+    written = put_texts(
+        [
+            {"dest": CLIENT_PATH, "text": API_CLIENT, "mode": "755"},
+            {
+                "dest": dropin,
+                "text": "# Managed by homecloud (operations/syncthing.py).\n"
                 "[Service]\n"
                 "# No \"Default Folder\" (~/Sync) on the first start.\n"
-                "Environment=STNODEFAULTFOLDER=1\n"
-            ),
-            dest=dropin,
-            user="root",
-            group="root",
-            mode="644",
-        )
+                "Environment=STNODEFAULTFOLDER=1\n",
+            },
+        ]
     )
+    client, conf = written[CLIENT_PATH], written[dropin]
     yield from client
     yield from conf
     if conf:
@@ -215,15 +211,28 @@ def gui(
             password=HiddenValue(secret("syncthing_gui")),
         )
     """
+    password = _gui_password(address, password)
+    commands, noop = _gui_commands(_node(user), user, address, password, gui_user)
+    yield from commands
+    if not commands:
+        host.noop(noop)
+
+
+def _gui_password(address: str, password: str | HiddenValue | None) -> str | None:
+    """The clear GUI password; refuses a GUI beyond loopback without one."""
     if isinstance(password, HiddenValue):
         password = password.unmask()
-    loopback = address.startswith(LOOPBACK)
-    if not loopback and not password:
+    if not address.startswith(LOOPBACK) and not password:
         raise OperationError(
             f"{host.name}: the Syncthing GUI would listen on {address} without a password. "
             "Fix: set a password (syncthing_gui_password) or keep it on 127.0.0.1:8384."
         )
-    node = _node(user)
+    return password
+
+
+def _gui_commands(node: dict, user: str, address: str, password: str | None, gui_user: str) -> tuple[list, str]:
+    """The commands of syncthing.gui for the Node fact `node`, and its no-op message."""
+    loopback = address.startswith(LOOPBACK)
     current = node.get("gui") or {}
     change: dict = {}
     if current.get("address") != address:
@@ -239,17 +248,17 @@ def gui(
             secret_change["user"] = gui_user
             secret_change["password"] = password
     if not change and not secret_change:
-        host.noop(f"Syncthing GUI of {user} listens on {address}")
-        return
+        return [], f"Syncthing GUI of {user} listens on {address}"
     if "password" not in secret_change:
-        yield _edit(user, {"gui": {**change, **secret_change}})
-        return
+        return [_edit(user, {"gui": {**change, **secret_change}})], ""
     temp = host.get_temp_filename(f"syncthing-gui-{user}")
-    yield StringCommand("install -m 600 /dev/null", QuoteString(temp))
-    yield FileUploadCommand(StringIO(json.dumps({"gui": {**change, **secret_change}}, sort_keys=True)), temp)
-    yield StringCommand(
-        "python3", CLIENT_PATH, QuoteString(user), "edit", QuoteString("@" + temp), "; rc=$?; rm -f", QuoteString(temp), "; exit $rc"
-    )
+    return [
+        StringCommand("install -m 600 /dev/null", QuoteString(temp)),
+        FileUploadCommand(StringIO(json.dumps({"gui": {**change, **secret_change}}, sort_keys=True)), temp),
+        StringCommand(
+            "python3", CLIENT_PATH, QuoteString(user), "edit", QuoteString("@" + temp), "; rc=$?; rm -f", QuoteString(temp), "; exit $rc"
+        ),
+    ], ""
 
 
 @operation()
@@ -269,11 +278,17 @@ def remove_default_folder(user: str):
 
         syncthing.remove_default_folder(name="No default folder", user="dnas")
     """
-    node = _node(user)
+    commands, noop = _default_folder_commands(_node(user), user)
+    yield from commands
+    if not commands:
+        host.noop(noop)
+
+
+def _default_folder_commands(node: dict, user: str) -> tuple[list, str]:
+    """The commands of syncthing.remove_default_folder for the Node fact `node`, and its no-op message."""
     folder = (node.get("folders") or {}).get("default")
     if not folder:
-        host.noop(f"Syncthing of {user} has no default folder")
-        return
+        return [], f"Syncthing of {user} has no default folder"
     untouched = (
         folder.get("label") == "Default Folder"
         and folder.get("path", "").rstrip("/") == f"{node.get('home')}/Sync"
@@ -281,9 +296,8 @@ def remove_default_folder(user: str):
         and folder.get("empty")
     )
     if not untouched:
-        host.noop(f"the default folder of {user}'s Syncthing is in use: kept")
-        return
-    yield _edit(user, {"remove_folders": ["default"]})
+        return [], f"the default folder of {user}'s Syncthing is in use: kept"
+    return [_edit(user, {"remove_folders": ["default"]})], ""
 
 
 def _device_entry(device_id: str, device_name: str | None, addresses: list[str] | None) -> dict:
@@ -460,7 +474,22 @@ def mesh(
             devices=[{"name": "phone", "id": "P56IOI7-...", "folders": ["homecloud-data"]}],
         )
     """
-    node = _node(user)
+    commands, noop = _mesh_commands(_node(user), user, peers, folders, devices, port, sudo)
+    yield from commands
+    if not commands:
+        host.noop(noop)
+
+
+def _mesh_commands(
+    node: dict,
+    user: str,
+    peers: dict[str, str] | None,
+    folders: list[dict] | None,
+    devices: list[dict] | None,
+    port: int,
+    sudo: bool,
+) -> tuple[list, str]:
+    """The commands of syncthing.mesh for the Node fact `node`, and its no-op message."""
     own = node.get("device_id")
     wanted: list[dict] = []
     peer_ids: list[str] = []
@@ -505,7 +534,59 @@ def mesh(
     if changed_folders:
         edit["folders"] = changed_folders
     if edit:
-        yield _edit(user, edit)
-    else:
-        waiting = f" (device IDs of {', '.join(pending)} are read when the deploy runs)" if pending else ""
-        host.noop(f"Syncthing of {user} is peered and shares its folders{waiting}")
+        return [_edit(user, edit)], ""
+    waiting = f" (device IDs of {', '.join(pending)} are read when the deploy runs)" if pending else ""
+    return [], f"Syncthing of {user} is peered and shares its folders{waiting}"
+
+
+@operation()
+def configure(
+    user: str,
+    gui_address: str = "127.0.0.1:8384",
+    gui_password: str | HiddenValue | None = None,
+    gui_user: str = "homecloud",
+    peers: dict[str, str] | None = None,
+    folders: list[dict] | None = None,
+    devices: list[dict] | None = None,
+    port: int = 22000,
+    sudo: bool = False,
+):
+    """
+    What ``remove_default_folder``, ``gui`` and ``mesh`` do, in that order, decided from one
+    read of the ``syncthing.Node`` fact instead of three.
+
+    + user: the system user Syncthing runs as
+    + gui_address: ``host:port`` the GUI listens on (see ``gui``)
+    + gui_password: the GUI password (see ``gui``)
+    + gui_user: the GUI user name that goes with the password
+    + peers: inventory host name -> LAN address of each peer node (see ``mesh``)
+    + folders: folders shared with every peer (see ``mesh``)
+    + devices: other devices (see ``mesh``)
+    + port: the Syncthing port of the peers
+    + sudo: read the peers' facts with sudo
+
+    Each part is a change of its own (the REST helper merges it into the configuration
+    Syncthing holds when it runs), exactly as the three operations would make them.
+
+    **Example:**
+
+    .. code:: python
+
+        syncthing.configure(
+            name="Syncthing: GUI, no default folder, full mesh",
+            user="dnas",
+            peers={"pi1": "192.168.1.11", "pi2": "192.168.1.12"},
+            folders=[{"id": "homecloud-data", "label": "homecloud data", "path": "/srv/dnas/data"}],
+        )
+    """
+    password = _gui_password(gui_address, gui_password)
+    node = _node(user)
+    parts = [
+        _default_folder_commands(node, user),
+        _gui_commands(node, user, gui_address, password, gui_user),
+        _mesh_commands(node, user, peers, folders, devices, port, sudo),
+    ]
+    commands = [command for part, _ in parts for command in part]
+    yield from commands
+    if not commands:
+        host.noop("; ".join(noop for _, noop in parts))
