@@ -15,32 +15,21 @@ Layer 0: the node base every node needs before k3s.
 Every step decides on the node from facts: a second run changes nothing.
 """
 
-import ipaddress
-
 from pyinfra import host, state
 
 from homecloud.cluster import address, cluster_nodes
-from homecloud.model import check_state
+from homecloud.model import check_state, is_ip
 from operations import node, raspberrypi
 
 check_state(state)
 
 data = host.data
 
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        return False
-
-
 if data.get("base_manage_hostname", True):
     # Inventory names that are addresses (pyinfra allows them) are not host names: then only
     # the /etc/hosts block is written for the nodes that have names.
-    names = {h.name: address(h) for h in cluster_nodes(state) if not _is_ip(h.name)}
-    if not _is_ip(host.name):
+    names = {h.name: address(h) for h in cluster_nodes(state) if not is_ip(h.name)}
+    if not is_ip(host.name):
         node.hosts(
             name="Host name and cluster nodes in /etc/hosts",
             hostname=host.name,

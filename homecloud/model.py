@@ -234,7 +234,8 @@ def node_ip(spec: HostSpec) -> str | None:
     return value
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
+    """True for an IPv4 or IPv6 address (inventory host names may be addresses)."""
     try:
         ipaddress.ip_address(value)
         return True
@@ -367,7 +368,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
         check_int(spec, "dnas_uid", 1000, 59999)
         check_int(spec, "dnas_gid", 1000, 59999)
         check_int(spec, "k3s_ready_timeout", 10, 7200)
-        if spec.data.get("base_manage_hostname") and not _is_ip(spec.name) and not HOSTNAME_RE.match(spec.name):
+        if spec.data.get("base_manage_hostname") and not is_ip(spec.name) and not HOSTNAME_RE.match(spec.name):
             err(spec.name, "inventory", "the host name is not a valid Linux host name (base_manage_hostname sets it)", "use letters, digits and - (up to 63), or set base_manage_hostname = False")
         modules = spec.data.get("base_kernel_modules") or []
         if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) and MODULE_RE.match(m) for m in modules):

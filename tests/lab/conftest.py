@@ -199,6 +199,26 @@ def testinfra_hosts(inventory_hosts):
 
 
 @pytest.fixture(scope="session")
+def dnas_nodes(inventory_hosts, testinfra_hosts):
+    """A function of a data key (e.g. "samba_enabled"): (HostSpec, testinfra host) of every dnas
+    node that has it on, in inventory order; skips the test when none has."""
+    from homecloud.model import HostSpec
+
+    def select(flag: str):
+        members = [h for h in inventory_hosts if "dnas" in h["groups"]]
+        pairs = [
+            (HostSpec(h["name"], tuple(h["groups"]), h["data"]), host)
+            for h, host in zip(members, testinfra_hosts("dnas"))
+            if h["data"].get(flag)
+        ]
+        if not pairs:
+            pytest.skip(f"no dnas node has {flag}")
+        return pairs
+
+    return select
+
+
+@pytest.fixture(scope="session")
 def lab_api(lab_mode, lab_inventory):
     if lab_mode != "local":
         pytest.skip(f"needs the local lab's node API (--lab=local); running with {lab_mode}")

@@ -28,7 +28,7 @@ from posixpath import join, normpath
 import pytest
 
 from facts.nfs import GaneshaExports, KernelExports
-from homecloud.model import HostSpec, node_ip
+from homecloud.model import node_ip
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nfs-cp") is None, reason="libnfs-utils (nfs-cp, nfs-cat, nfs-ls) is not installed on the controller"
@@ -43,17 +43,9 @@ OTHER_SUBNET = "192.0.2.0/24"  # TEST-NET-1: never the controller's network
 
 
 @pytest.fixture(scope="module")
-def nas(deployed, inventory_hosts, testinfra_hosts):
+def nas(deployed, dnas_nodes):
     """(spec, testinfra host) of every dnas node with NFS on, in inventory order."""
-    members = [h for h in inventory_hosts if "dnas" in h["groups"]]
-    pairs = [
-        (HostSpec(h["name"], tuple(h["groups"]), h["data"]), host)
-        for h, host in zip(members, testinfra_hosts("dnas"))
-        if h["data"].get("nfs_enabled")
-    ]
-    if not pairs:
-        pytest.skip("no dnas node has nfs_enabled")
-    return pairs
+    return dnas_nodes("nfs_enabled")
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -24,7 +24,7 @@ from posixpath import join, normpath
 import pytest
 
 from facts.samba import SambaShares
-from homecloud.model import HostSpec, node_ip
+from homecloud.model import node_ip
 from lab.results import PyinfraRunError
 
 pytestmark = pytest.mark.skipif(shutil.which("smbclient") is None, reason="smbclient is not installed on the controller (apt-get install smbclient)")
@@ -34,17 +34,9 @@ pytestmark = pytest.mark.skipif(shutil.which("smbclient") is None, reason="smbcl
 
 
 @pytest.fixture(scope="module")
-def nas(deployed, inventory_hosts, testinfra_hosts):
+def nas(deployed, dnas_nodes):
     """(spec, testinfra host) of every dnas node with Samba on, in inventory order."""
-    members = [h for h in inventory_hosts if "dnas" in h["groups"]]
-    pairs = [
-        (HostSpec(h["name"], tuple(h["groups"]), h["data"]), host)
-        for h, host in zip(members, testinfra_hosts("dnas"))
-        if h["data"].get("samba_enabled")
-    ]
-    if not pairs:
-        pytest.skip("no dnas node has samba_enabled")
-    return pairs
+    return dnas_nodes("samba_enabled")
 
 
 def share_path(spec, share) -> str:
