@@ -690,6 +690,7 @@ def up(instance: str | None = None, nodes: int = DEFAULT_NODES, arm64: bool = Fa
     """Bring the lab up (or start the stopped nodes of a lab that is up); returns its state."""
     require_root()
     check_tools()
+    _ensure_inotify_instances()
     instance = instance_name(instance)
     t0 = time.monotonic()
     with instance_lock(instance):
@@ -720,6 +721,26 @@ def up(instance: str | None = None, nodes: int = DEFAULT_NODES, arm64: bool = Fa
             if isinstance(e, LabError):
                 raise LabError(f"{e}{tails}") from e
             raise
+
+
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+INOTIFY_WANTED = 1024
+
+
+def _ensure_inotify_instances() -> None:
+    """Every node's systemd and udev use inotify instances, all counted against root on the host
+    (the default limit, 128, runs out at about four labs of four nodes: nodes then fail to boot
+    with "Too many open files"). Raise the limit when it is lower, and say so."""
+    try:
+        current = int(INOTIFY_INSTANCES.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if current < INOTIFY_WANTED:
+        try:
+            INOTIFY_INSTANCES.write_text(f"{INOTIFY_WANTED}\n")
+            log(f"note: raised fs.inotify.max_user_instances from {current} to {INOTIFY_WANTED} (nspawn nodes need them)")
+        except OSError as e:
+            log(f"warning: fs.inotify.max_user_instances is {current} and could not be raised ({e}); nodes may fail to boot")
 
 
 def _log_tails(instance: str, lines: int = 25) -> str:
