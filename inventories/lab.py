@@ -46,9 +46,14 @@ _cluster = {
     "keepalived_check_script": "/usr/bin/systemctl is-active --quiet ssh",
     "k3s_install": "off",
     "longhorn_enabled": False,
-    "samba_users": {"alice": secret("samba_alice", length=16, store=_store)},
+    # Two users, so the tests can prove a user outside a share's valid_users is refused.
+    "samba_users": {
+        "alice": secret("samba_alice", length=16, store=_store),
+        "bob": secret("samba_bob", length=16, store=_store),
+    },
     "samba_shares": [
         {"name": "data", "path": "data", "read_only": False, "valid_users": ["alice"], "guest_ok": False},
+        {"name": "photos", "path": "photos", "read_only": False, "valid_users": ["alice", "bob"], "guest_ok": False},
     ],
     "nfs_backend": "ganesha",
     "nfs_exports": [{"path": "data", "networks": [_state["subnet"]], "read_only": False}],
