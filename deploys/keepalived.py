@@ -19,6 +19,7 @@ Which node holds the VIP, and each node's VRRP state:
 """
 
 from pyinfra import host, state
+from pyinfra.api import HiddenValue
 
 from homecloud.cluster import address, group_hosts, vrrp_priority
 from homecloud.model import check_state
@@ -50,7 +51,7 @@ if data.get("keepalived_enabled", True) and host in members:
         interface=data.get("node_interface"),
         router_id=int(data.get("keepalived_router_id")),
         priority=vrrp_priority(state, host),
-        auth_pass=data.get("keepalived_auth_pass"),
+        auth_pass=HiddenValue(str(data.get("keepalived_auth_pass") or "")),
         node_name=host.name,
         unicast_src_ip=address(host) if unicast else None,
         unicast_peers=[address(h) for h in members if h != host] if unicast else None,

@@ -13,7 +13,8 @@ modules-load file and the multipathd blacklist line homecloud added, and the hom
 in the controller's kubeconfig.
 
 Kept, always: the dnas data folder and disk (dnas_path, dnas_device), Longhorn's data path
-(longhorn_data_path: replicas are your data; delete it yourself), the packages installed
+(longhorn_data_path: replicas are your data; delete it yourself), the data of k3s's
+local-path volumes (/var/lib/rancher/k3s/storage, also your data), the packages installed
 (open-iscsi, nfs-common, ...), and what the base and keepalived layers did (they are not part of
 this reset).
 """

@@ -58,7 +58,8 @@ class K3sToken(FactBase):
     """
     The cluster join token k3s wrote on a server (``/var/lib/rancher/k3s/server/token``), or
     ``None`` before the server first started. Needs root (pass ``_sudo=True`` as needed).
-    Never logged: the operations wrap it in ``HiddenValue``.
+    A secret: the operations read it with pyinfra's fact output off (``-vvv`` would print it)
+    and never put it in a command line.
 
     .. code:: python
 
@@ -169,6 +170,9 @@ RESET_PATHS = (
     "/run/k3s",
     "/run/flannel",
 )
+# k3s's local-path provisioner keeps the data of its volumes in <data dir>/storage: user data,
+# never removed by a reset.
+LOCAL_STORAGE = "storage"
 RESET_LINKS = ("cni0", "flannel.1", "flannel-v6.1", "kube-ipvs0", "flannel-wg", "flannel-wg-v6")
 
 
@@ -186,11 +190,14 @@ class K3sLeftovers(FactBase):
     """
 
     def command(self):
-        paths = " ".join(RESET_PATHS)
+        paths = " ".join(p for p in RESET_PATHS if p != K3S_DATA_DIR)
         links = " ".join(RESET_LINKS)
         return (
             f"for p in {paths}; do [ -e \"$p\" ] && echo \"path $p\"; done; "
-            "awk '$2 ~ \"^(/run/k3s|/var/lib/kubelet|/var/lib/rancher/k3s)/\" {print \"mount \" $2}' /proc/self/mounts; "
+            # The data dir counts only when it holds more than storage/ (local-path volumes: kept).
+            f"[ -n \"$(ls -A {K3S_DATA_DIR} 2>/dev/null | grep -vx {LOCAL_STORAGE})\" ] && echo \"path {K3S_DATA_DIR}\"; "
+            "awk '$2 ~ \"^(/run/k3s|/var/lib/kubelet|/var/lib/rancher/k3s)/\" && "
+            f"$2 !~ \"^{K3S_DATA_DIR}/{LOCAL_STORAGE}(/|$)\" {{print \"mount \" $2}}' /proc/self/mounts; "
             f"for l in {links}; do [ -e \"/sys/class/net/$l\" ] && echo \"link $l\"; done; "
             "for u in k3s k3s-agent; do s=$(systemctl is-active \"$u\" 2>/dev/null); "
             "case \"$s\" in inactive|unknown|'') ;; *) echo \"running $u $s\";; esac; done; true"

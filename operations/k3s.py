@@ -20,9 +20,10 @@ from typing import Any
 from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, OperationError, StringCommand, operation
 from pyinfra.api.util import get_file_io
+from pyinfra.operations.util import files as file_utils
 
 from facts.k3s import KUBECONFIG_PATH as K3S_YAML
-from facts.k3s import K3sFile, K3sKubeconfig, K3sLeftovers, K3sNodes, K3sService, K3sToken
+from facts.k3s import K3S_DATA_DIR, LOCAL_STORAGE, K3sFile, K3sKubeconfig, K3sLeftovers, K3sNodes, K3sService, K3sToken
 from homecloud import k3s_config
 from homecloud.kubeconfig import KubeconfigError, merge, unmerge
 
@@ -43,12 +44,14 @@ def _put_private(content: str, dest: str, mode: str = "600", backup: bool = Fals
     Upload `content` to `dest` so that no byte of it is ever in a file others can read: the
     destination and the connector's temporary file (used with sudo) are made 0600 first, and
     an upload into an existing file keeps its mode. ``backup``: copy the old file to
-    ``<dest>.homecloud.bak`` first (same owner and mode).
+    ``<dest>.<timestamp>`` first (same owner, mode `mode`; a new name each time, so an earlier
+    copy, e.g. a hand-written original, is never overwritten).
     """
     temp = host.get_temp_filename(dest)
     q_dest = shlex.quote(dest)
     if backup:
-        yield f"cp -a {q_dest} {shlex.quote(dest + '.homecloud.bak')}"
+        q_backup = shlex.quote(dest + "." + file_utils.get_timestamp())
+        yield f"cp -a --backup=numbered {q_dest} {q_backup} && chmod {mode} {q_backup}"
     yield f"if [ -e {q_dest} ]; then chmod {mode} {q_dest}; else install -m {mode} /dev/null {q_dest}; fi"
     yield StringCommand("sh", "-c", shlex.quote(f"umask 077 && : > {shlex.quote(temp)}"), _sudo=False)
     yield FileUploadCommand(StringIO(content), dest, remote_temp_filename=temp)
@@ -252,12 +255,34 @@ def config(
         host.noop("k3s config is up to date")
 
 
+# How many secret facts are being read right now (hosts run in parallel greenlets).
+_SECRET_READS = {"count": 0, "print_fact_output": False}
+
+
+def _secret_fact(target, fact, **kwargs):
+    """
+    `target.get_fact(fact, **kwargs)` for a fact whose output is a secret (the join token, the
+    admin kubeconfig): with -vvv pyinfra prints the output of every fact command, so it is
+    switched off while such a fact is read (and switched back when the last one is done).
+    """
+    if _SECRET_READS["count"] == 0:
+        _SECRET_READS["print_fact_output"] = getattr(state, "print_fact_output", False)
+        state.print_fact_output = False
+    _SECRET_READS["count"] += 1
+    try:
+        return target.get_fact(fact, **kwargs)
+    finally:
+        _SECRET_READS["count"] -= 1
+        if _SECRET_READS["count"] == 0:
+            state.print_fact_output = _SECRET_READS["print_fact_output"]
+
+
 def _read_token(token_from: str, sudo: bool) -> str | None:
     """The generated token of another host (cross-host fact, read when the operation runs)."""
     other = state.inventory.get_host(token_from, None) if hasattr(state.inventory, "get_host") else None
     if other is None:
         raise OperationError(f"token_from: {token_from!r} is not a host of the inventory")
-    value = other.get_fact(K3sToken, _sudo=sudo)
+    value = _secret_fact(other, K3sToken, _sudo=sudo)
     return value.unmask() if isinstance(value, HiddenValue) else (value or None)
 
 
@@ -455,7 +480,7 @@ def kubeconfig(dest: str, context: str, server_url: str, sudo_read: bool = False
             return
         yield FunctionCommand(_write_local, (path, new_text), {})
         return
-    cluster_text = host.get_fact(K3sKubeconfig, path=K3S_YAML, _sudo=sudo_read)
+    cluster_text = _secret_fact(host, K3sKubeconfig, path=K3S_YAML, _sudo=sudo_read)
     if not cluster_text:
         if state.is_executing:
             raise OperationError(f"{host.name} has no /etc/rancher/k3s/k3s.yaml: k3s did not start there")
@@ -511,7 +536,8 @@ def purged(present: bool = False):
     Remove every trace of k3s from the node: stop its units and the containers they started,
     unmount its mounts, delete the CNI links, remove the binary, units, /etc/rancher/k3s,
     /etc/rancher/node and the data folders (/var/lib/rancher/k3s, /var/lib/kubelet,
-    /var/lib/cni, /run/k3s). Touches nothing else (no dnas data, no other /var/lib/rancher).
+    /var/lib/cni, /run/k3s). Touches nothing else (no dnas data, no other /var/lib/rancher,
+    not /var/lib/rancher/k3s/storage: the data of local-path volumes).
 
     + present: must be False (this operation only removes)
 
@@ -541,8 +567,17 @@ def purged(present: bool = False):
         yield f"ip link delete {shlex.quote(link)} || true"
     if left["paths"]:
         # --one-file-system: never descend into a volume still mounted below (e.g. a pod volume).
-        yield "rm -rf --one-file-system -- " + " ".join(shlex.quote(p) for p in left["paths"])
-        # /etc/rancher and /var/lib/rancher go too when k3s was all they held (not rke2 & co).
-        yield "rmdir --ignore-fail-on-non-empty /etc/rancher /var/lib/rancher 2>/dev/null || true"
+        others = [p for p in left["paths"] if p != K3S_DATA_DIR]
+        if others:
+            yield "rm -rf --one-file-system -- " + " ".join(shlex.quote(p) for p in others)
+        if K3S_DATA_DIR in left["paths"]:
+            # Everything of the data dir but storage/: the local-path volumes hold user data.
+            yield (
+                f"find {K3S_DATA_DIR} -mindepth 1 -maxdepth 1 ! -name {LOCAL_STORAGE} "
+                "-exec rm -rf --one-file-system -- {} +"
+            )
+        # The data dir, /etc/rancher and /var/lib/rancher go too when they are empty now
+        # (kept: local-path volumes, rke2 & co).
+        yield f"rmdir --ignore-fail-on-non-empty {K3S_DATA_DIR} /etc/rancher /var/lib/rancher 2>/dev/null || true"
         yield "systemctl daemon-reload"
 

@@ -14,8 +14,9 @@ import re
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, QuoteString, StringCommand, operation
 from pyinfra.api.util import get_file_sha1
+from pyinfra.operations.util import files as file_utils
 
 from facts.keepalived import STATE_FILE
 from facts.node import FileStates
@@ -158,7 +159,7 @@ def vip(
     interface: str,
     router_id: int,
     priority: int,
-    auth_pass: str,
+    auth_pass: str | HiddenValue,
     node_name: str,
     unicast_src_ip: str | None = None,
     unicast_peers: list[str] | None = None,
@@ -179,7 +180,8 @@ def vip(
     + interface: the LAN interface
     + router_id: VRRP virtual_router_id (1-255), unique on the LAN
     + priority: this node's VRRP priority (1-254); the highest healthy node holds the VIP
-    + auth_pass: VRRP password, 1-8 characters (kept in the 0600 config file only)
+    + auth_pass: VRRP password, 1-8 characters (kept in the 0600 config file only; wrap it in
+      ``HiddenValue`` so pyinfra never prints it with the operation's arguments)
     + node_name: this node's name (global_defs router_id)
     + unicast_src_ip: this node's address, for unicast VRRP
     + unicast_peers: the other nodes' addresses; empty or None: multicast
@@ -189,7 +191,7 @@ def vip(
       shell; None: the local k3s API answers TLS on 127.0.0.1:6443
     + notify_script: optional command run on state changes with keepalived's notify arguments
     + script_user: the unprivileged user keepalived runs scripts as (must exist)
-    + present: False stops and disables keepalived and moves the config to .homecloud.bak
+    + present: False stops and disables keepalived and moves the config to ``<path>.<timestamp>``
     + path: the keepalived config file
     + reload: reload (or start) keepalived when the config changed
 
@@ -204,7 +206,7 @@ def vip(
         keepalived.vip(
             name="Virtual IP",
             vip="192.168.1.240", prefix=24, interface="eth0", router_id=51,
-            priority=150, auth_pass=secret("keepalived_auth_pass", length=8),
+            priority=150, auth_pass=HiddenValue(secret("keepalived_auth_pass", length=8)),
             node_name="pi1", unicast_src_ip="192.168.1.11",
             unicast_peers=["192.168.1.12", "192.168.1.13"],
         )
@@ -216,7 +218,8 @@ def vip(
     if not present:
         if remote:
             yield "systemctl disable --now keepalived.service"
-            yield StringCommand("mv", "-f", QuoteString(path), QuoteString(f"{path}.homecloud.bak"))
+            # A new name each time: an earlier copy (e.g. the hand-written original) is never overwritten.
+            yield StringCommand("mv", "-f", "--backup=numbered", QuoteString(path), QuoteString(f"{path}.{file_utils.get_timestamp()}"))
         else:
             host.noop(f"{path} does not exist")
         return
@@ -227,7 +230,7 @@ def vip(
         interface=interface,
         router_id=router_id,
         priority=priority,
-        auth_pass=auth_pass,
+        auth_pass=auth_pass.unmask() if isinstance(auth_pass, HiddenValue) else auth_pass,
         node_name=node_name,
         unicast_src_ip=unicast_src_ip,
         unicast_peers=unicast_peers,
@@ -290,7 +293,12 @@ def vip(
         ">&2; exit 1; fi",
     )
     if remote:
-        yield StringCommand("cp", "-a", QuoteString(path), QuoteString(f"{path}.homecloud.bak"))
+        # The live file is replaced as a whole: keep it under a new name each time (a fixed name
+        # would overwrite the hand-written original with homecloud's own file on the next change;
+        # a copy made in the same minute is renamed to .~N~, not overwritten), 0600 whatever its
+        # mode was (it may hold a password).
+        backup = f"{path}.{file_utils.get_timestamp()}"
+        yield StringCommand("cp", "-a", "--backup=numbered", QuoteString(path), QuoteString(backup), "&&", "chmod", "600", QuoteString(backup))
     yield StringCommand("mv", "-f", QuoteString(candidate), QuoteString(path))
     if reload:
         yield "systemctl reload-or-restart keepalived.service"
