@@ -131,17 +131,24 @@ def lab_inventory(request, lab_mode):
             vagrant.destroy()
 
 
+def _run_timeout(lab_mode: str) -> float:
+    """Seconds one pyinfra run may take: a first converge of the local lab takes 1-3 minutes, so
+    a run still going after 20 is stuck (fail it, don't eat CI's time); VMs and real clusters
+    download k3s and wait for nodes to be Ready, so they get an hour."""
+    return 1200 if lab_mode == "local" else 3600
+
+
 @pytest.fixture(scope="session")
 def pyinfra_run(lab_mode, lab_inventory):
     """pyinfra_run("deploys/x.py", "--limit", "node1") -> parsed --json results."""
 
-    def run(deploy_file, *extra_args, timeout: float = 3600):
+    def run(deploy_file, *extra_args, timeout: float | None = None):
         if lab_mode == "inventory" and "--dry" not in extra_args:
             pytest.skip("no deploy against a real cluster (--inventory): checks only")
         deploy = Path(deploy_file)
         if not deploy.is_absolute():
             deploy = REPO_ROOT / deploy
-        return pyinfra_results.run_pyinfra(lab_inventory, deploy, *extra_args, timeout=timeout)
+        return pyinfra_results.run_pyinfra(lab_inventory, deploy, *extra_args, timeout=timeout or _run_timeout(lab_mode))
 
     return run
 
@@ -151,7 +158,7 @@ def deployed(lab_mode, lab_inventory):
     if lab_mode == "inventory":
         return {"results": None, "mode": "inventory", "returncode": 0}
     deploy = REPO_ROOT / main_deploy()
-    result = pyinfra_results.run_pyinfra(lab_inventory, deploy)
+    result = pyinfra_results.run_pyinfra(lab_inventory, deploy, timeout=_run_timeout(lab_mode))
     if result["returncode"] != 0 or pyinfra_results.errors(result) or pyinfra_results.failed_hosts(result):
         pytest.fail(f"the deploy ({deploy}) failed:\n" + pyinfra_results.summary(result), pytrace=False)
     return result
