@@ -509,6 +509,13 @@ def provision_node(state: dict, node: dict) -> None:
         "// homecloud lab: the apt proxy on the controller is this node's only way out.\n"
         f'Acquire::http::Proxy "http://{state["controller_ip"]}:{proxy.NODE_PROXY_PORT}";\n'
         'Acquire::Check-Valid-Until "false";\n'
+        # apt-cacher-ng sometimes closes a connection early when several nodes fetch the same
+        # InRelease at once; with pipelined requests apt then waited forever (seen: apt-get update
+        # hung 10 min with its socket in CLOSE-WAIT). One request per connection, a short timeout
+        # and retries make it recover.
+        'Acquire::http::Pipeline-Depth "0";\n'
+        'Acquire::http::Timeout "30";\n'
+        'Acquire::Retries "3";\n'
     )
     write_disk_glue(node)
 
