@@ -26,6 +26,7 @@ from facts.k3s import KUBECONFIG_PATH as K3S_YAML
 from facts.k3s import K3S_DATA_DIR, LOCAL_STORAGE, K3sFile, K3sKubeconfig, K3sLeftovers, K3sNodes, K3sService, K3sToken
 from homecloud import k3s_config
 from homecloud.kubeconfig import KubeconfigError, merge, unmerge
+from operations.node import upload_private
 
 BIN_PATH = "/usr/local/bin/k3s"
 IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
@@ -47,15 +48,11 @@ def _put_private(content: str, dest: str, mode: str = "600", backup: bool = Fals
     ``<dest>.<timestamp>`` first (same owner, mode `mode`; a new name each time, so an earlier
     copy, e.g. a hand-written original, is never overwritten).
     """
-    temp = host.get_temp_filename(dest)
     q_dest = shlex.quote(dest)
     if backup:
         q_backup = shlex.quote(dest + "." + file_utils.get_timestamp())
         yield f"cp -a --backup=numbered {q_dest} {q_backup} && chmod {mode} {q_backup}"
-    yield f"if [ -e {q_dest} ]; then chmod {mode} {q_dest}; else install -m {mode} /dev/null {q_dest}; fi"
-    yield StringCommand("sh", "-c", shlex.quote(f"umask 077 && : > {shlex.quote(temp)}"), _sudo=False)
-    yield FileUploadCommand(StringIO(content), dest, remote_temp_filename=temp)
-    yield StringCommand("rm", "-f", temp, _sudo=False)
+    yield from upload_private(content, dest, mode)
     yield f"chown root:root {q_dest} && chmod {mode} {q_dest}"
 
 

@@ -20,7 +20,7 @@ from pyinfra.operations.util import files as file_utils
 
 from facts.keepalived import STATE_FILE
 from facts.node import FileStates
-from operations.node import put_texts
+from operations.node import put_texts, upload_private
 
 INSTANCE = "homecloud_vip"
 CHECK = "homecloud_check"
@@ -253,20 +253,9 @@ def vip(
         return
 
     candidate = f"{path}.homecloud-new"
-    temp = host.get_temp_filename(candidate)
     # The config holds the VRRP password: no copy of it may be readable by others, not even
-    # for a moment. Empty 0600 files first, the upload writes into them and keeps their mode:
-    # the candidate (root) and the temporary file pyinfra uploads to over SFTP when it uses
-    # sudo (owned by the SSH user, who writes it; SUDO_USER is that user under sudo).
-    yield StringCommand("install", "-m", "600", "-o", "root", "-g", "root", "/dev/null", QuoteString(candidate))
-    yield StringCommand(
-        "install -m 600 -o",
-        '"${SUDO_USER:-${DOAS_USER:-$(id -un)}}"',
-        "/dev/null",
-        QuoteString(temp),
-    )
-    yield FileUploadCommand(StringIO(config), candidate, remote_temp_filename=temp)
-    yield StringCommand("rm", "-f", QuoteString(temp))
+    # for a moment (the candidate is root's: keepalived refuses a config others can write).
+    yield from upload_private(config, candidate)
     # keepalived -t before the candidate replaces anything. keepalived 2.2.7 (Debian 12,
     # Raspberry Pi OS bookworm) kills its own config test with SIGTERM (exit 143) as soon as it
     # checks a script that runs as a non-root user (upstream fix aae8e91, in 2.2.8). Only then

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import shlex
 from io import StringIO
 
 from pyinfra import host
@@ -53,6 +54,21 @@ ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 # k3s docs: iptables 1.8.0 - 1.8.4 with the nf_tables backend has bugs (duplicate rules).
 BUGGY_NFT_IPTABLES = ((1, 8, 0), (1, 8, 4))
+
+
+def upload_private(content: str, dest: str, mode: str = "600"):
+    """
+    Commands that upload `content` (a secret) to `dest` with no readable copy of it at any
+    moment: `dest` has `mode` before any byte is written (an upload into an existing file keeps
+    its mode), and so has the temporary file pyinfra uploads through over SFTP when it uses sudo
+    (created empty as the SSH user with umask 077, removed afterwards; SFTP would create it 0644).
+    """
+    temp = host.get_temp_filename(dest)
+    q_dest = shlex.quote(dest)
+    yield f"if [ -e {q_dest} ]; then chmod {mode} {q_dest}; else install -m {mode} /dev/null {q_dest}; fi"
+    yield StringCommand("sh", "-c", QuoteString(f"umask 077 && : > {shlex.quote(temp)}"), _sudo=False)
+    yield FileUploadCommand(StringIO(content), dest, remote_temp_filename=temp)
+    yield StringCommand("rm", "-f", QuoteString(temp), _sudo=False)
 
 
 def put_texts(wanted: list[dict], states: dict | None = None) -> dict[str, list]:

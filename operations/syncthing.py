@@ -24,7 +24,7 @@ from pyinfra.operations import files
 
 from facts.node import FileStates
 from facts.syncthing import API_CLIENT, DeviceId, Node
-from operations.node import put_texts, unit_states
+from operations.node import put_texts, unit_states, upload_private
 
 CLIENT_PATH = "/usr/local/lib/homecloud/syncthing-api"
 KEYRING = "/etc/apt/keyrings/syncthing-archive-keyring.gpg"
@@ -253,18 +253,8 @@ def _gui_commands(node: dict, user: str, address: str, password: str | None, gui
     if "password" not in secret_change:
         return [_edit(user, {"gui": {**change, **secret_change}})], ""
     temp = host.get_temp_filename(f"syncthing-gui-{user}")
-    # With sudo the connector first uploads (as the SSH user, over SFTP) to a second temporary
-    # file, which SFTP would create world-readable: make both 0600 before the password is in them.
-    upload_temp = host.get_temp_filename(temp)
     return [
-        StringCommand("install -m 600 /dev/null", QuoteString(temp)),
-        StringCommand("sh", "-c", QuoteString(f"umask 077 && : > {shlex.quote(upload_temp)}"), _sudo=False),
-        FileUploadCommand(
-            StringIO(json.dumps({"gui": {**change, **secret_change}}, sort_keys=True)),
-            temp,
-            remote_temp_filename=upload_temp,
-        ),
-        StringCommand("rm", "-f", QuoteString(upload_temp), _sudo=False),
+        *upload_private(json.dumps({"gui": {**change, **secret_change}}, sort_keys=True), temp),
         StringCommand(
             "python3", CLIENT_PATH, QuoteString(user), "edit", QuoteString("@" + temp), "; rc=$?; rm -f", QuoteString(temp), "; exit $rc"
         ),
