@@ -9,6 +9,6 @@ no hypervisor.
     sudo .venv/bin/python -m lab down
 
 Modules: `lab.core` (up/down/reset, nodes, network, disks), `lab.base` (the cached debootstrap
-base), `lab.proxy` (apt-cacher-ng + per-instance forwarder), `lab.api` (functions for tests),
+base), `lab.proxy` and `lab.aptproxy` (the apt proxy of each instance), `lab.api` (functions for tests),
 `lab.results` (running pyinfra --json and reading its results), `lab.arm` (qemu-user arm64).
 """

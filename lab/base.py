@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from . import proxy as apt_proxy
 from .util import CACHE_ROOT, LabError, file_lock, host_debian_mirrors, log, sh
 
 SUITE = "bookworm"
@@ -94,10 +95,11 @@ def is_cached(arch: str) -> bool:
     return (base_path(arch) / "rootfs" / "etc" / "os-release").exists() and (base_path(arch) / "recipe.json").exists()
 
 
-def ensure_base(arch: str | None = None, proxy: str | None = None) -> tuple[Path, float, bool]:
+def ensure_base(arch: str | None = None, log_dir: Path | None = None) -> tuple[Path, float, bool]:
     """
     The cached base rootfs for `arch` (built when missing). Returns (rootfs path, seconds taken,
-    cached?). `proxy` is an http proxy URL for debootstrap (the lab's apt-cacher-ng).
+    cached?). debootstrap fetches through the lab's apt proxy (`lab.proxy`), on loopback for
+    the time of the build; its requests are logged in `log_dir`/base-proxy.log.
     """
     arch = arch or native_arch()
     start = time.monotonic()
@@ -115,12 +117,10 @@ def ensure_base(arch: str | None = None, proxy: str | None = None) -> tuple[Path
 
             ensure_binfmt(arch)
         cmd += [SUITE, str(tmp / "rootfs"), rec["mirror"]]
-        env = dict(os.environ)
-        if proxy:
-            env["http_proxy"] = proxy
         log(f"building the {arch} base rootfs with debootstrap (once; cached in {final})")
         try:
-            proc = sh(cmd, check=False, env=env, timeout=3600)
+            with apt_proxy.for_debootstrap(log_dir / "base-proxy.log" if log_dir else None) as url:
+                proc = sh(cmd, check=False, env={**os.environ, "http_proxy": url}, timeout=3600)
             if proc.returncode != 0:
                 tail = (tmp / "rootfs/debootstrap/debootstrap.log")
                 detail = tail.read_text(errors="replace")[-3000:] if tail.exists() else ""

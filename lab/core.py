@@ -509,10 +509,9 @@ def provision_node(state: dict, node: dict) -> None:
         "// homecloud lab: the apt proxy on the controller is this node's only way out.\n"
         f'Acquire::http::Proxy "http://{state["controller_ip"]}:{proxy.NODE_PROXY_PORT}";\n'
         'Acquire::Check-Valid-Until "false";\n'
-        # apt-cacher-ng sometimes closes a connection early when several nodes fetch the same
-        # InRelease at once; with pipelined requests apt then waited forever (seen: apt-get update
-        # hung 10 min with its socket in CLOSE-WAIT). One request per connection, a short timeout
-        # and retries make it recover.
+        # Defence in depth (the proxy itself answers every request completely, see
+        # lab/aptproxy.py): one request at a time per connection, a short timeout and retries,
+        # so a broken connection costs seconds, never a hung apt-get.
         'Acquire::http::Pipeline-Depth "0";\n'
         'Acquire::http::Timeout "30";\n'
         'Acquire::Retries "3";\n'
@@ -763,12 +762,11 @@ def _fresh_up(instance: str, nodes: int, arm64: bool, t0: float) -> dict:
     folder = state_dir(instance)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "logs").mkdir(exist_ok=True)
-    started_proxy = proxy.ensure_acng()
     plan = plan_nodes(nodes, arm64)
     arches = sorted({n["arch"] for n in plan})
     bases, base_info = {}, {}
     for arch in arches:
-        path, seconds, cached = base.ensure_base(arch, proxy=proxy.acng_url())
+        path, seconds, cached = base.ensure_base(arch, log_dir=folder / "logs")
         bases[arch] = str(path)
         base_info[arch] = {"seconds": round(seconds, 1), "cached": cached, "path": str(path)}
         log(f"base {arch}: {'cached' if cached else 'built'} ({seconds:.1f} s)")
@@ -785,7 +783,6 @@ def _fresh_up(instance: str, nodes: int, arm64: bool, t0: float) -> dict:
         "interface": NODE_INTERFACE,
         "ssh_key": _ensure_ssh_key(folder),
         "proxy": f"http://{hosts[0]}:{proxy.NODE_PROXY_PORT}",
-        "started_proxy": started_proxy,
         "base": base_info,
         "nodes": [],
         "timings": {},
@@ -805,7 +802,7 @@ def _fresh_up(instance: str, nodes: int, arm64: bool, t0: float) -> dict:
         })
     save_state(state)
     create_bridge(state)
-    state["forwarder_pid"] = proxy.start_forwarder(instance, state["controller_ip"], folder / "logs" / "proxy.log")
+    state["proxy_pid"] = proxy.start(instance, state["controller_ip"], folder / "logs" / "proxy.log")
     save_state(state)
     for node in state["nodes"]:
         create_disks(state, node)
@@ -825,9 +822,8 @@ def _fresh_up(instance: str, nodes: int, arm64: bool, t0: float) -> dict:
 def _resume(state: dict, t0: float) -> dict:
     stopped = [n for n in state["nodes"] if not node_running(state, n)]
     create_firewall(state)
-    if not proxy.forwarder_pids(state["instance"]):
-        proxy.ensure_acng()
-        state["forwarder_pid"] = proxy.start_forwarder(
+    if not proxy.pids(state["instance"]):
+        state["proxy_pid"] = proxy.start(
             state["instance"], state["controller_ip"], state_dir(state["instance"]) / "logs" / "proxy.log")
     for node in stopped:
         start_node(state, node)
@@ -889,7 +885,7 @@ def _down(instance: str) -> None:
             if init:
                 os.kill(init, signal.SIGKILL)
         _kill_and_wait(pids, signal.SIGKILL, 5)
-    proxy.stop_forwarder(instance)
+    proxy.stop(instance)
     # Mounts under the state folder (node overlays), deepest first.
     mounts = []
     with open("/proc/self/mounts", encoding="utf-8") as f:
@@ -920,11 +916,6 @@ def _down(instance: str) -> None:
         if (loop.get("back-file") or "").startswith(prefix):
             sh(["losetup", "-d", loop["name"]], check=False)
     shutil.rmtree(folder, ignore_errors=True)
-    # The shared apt proxy goes with the last instance (an instance being brought up has its
-    # folder already, before it starts using the proxy).
-    others = [p for p in STATE_ROOT.iterdir() if p.is_dir()] if STATE_ROOT.is_dir() else []
-    if not others:
-        proxy.stop_acng()
 
 
 def reset(instance: str | None = None, names: list[str] | None = None) -> float:

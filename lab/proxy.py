@@ -1,37 +1,45 @@
 """
-The lab's only way out: an apt proxy.
+The lab's only way out: an apt proxy per instance (`lab.aptproxy`).
 
-One apt-cacher-ng process is shared by every lab instance. It listens on 127.0.0.1 only (port
-``HOMECLOUD_LAB_ACNG_PORT``, default 3149), keeps its cache under
-``/var/cache/homecloud-lab/apt-cacher-ng`` between runs, and is restricted (``ForceManaged``) to
-the Debian archive and security mirrors the host itself uses: nodes cannot fetch anything else
-through it. Each instance then runs a small socat forwarder listening on its controller address
-on the lab bridge, port 3142, to that loopback port. Nodes have no default route and no DNS;
-their apt sends full URLs to ``http://<controller>:3142``.
+Each instance runs one proxy process, listening on its controller address on the lab bridge,
+port 3142, restricted to the Debian archive and security mirrors the host itself uses: nodes
+cannot fetch anything else through it. Nodes have no default route and no DNS; their apt sends
+full URLs to ``http://<controller>:3142``. The proxies of all instances share one cache,
+``/var/cache/homecloud-lab/apt``, kept between runs (a cold deploy costs one download per
+package, later ones none); `down` stops the instance's proxy.
 
-apt-cacher-ng is started by the first ``up`` that needs it (its pid file records that the lab
-started it) and stopped by the ``down`` of the last instance.
+``HOMECLOUD_LAB_APT_INDEX_TTL`` (seconds, default 300) is how long an index file (InRelease,
+Release, ...) fetched for one request is served to later ones; 0 fetches it afresh for every
+`apt-get update` that does not arrive while another one's download of it is under way (the
+worst case for the proxy: the stress run of the lab tests uses it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
-from urllib.parse import urlparse
+from typing import Iterator
 
-from .util import CACHE_ROOT, RUN_ROOT, LabError, file_lock, log, pid_alive, proc_cmdline, wait_for, host_debian_mirrors
+from . import aptproxy
+from .util import CACHE_ROOT, LabError, all_pids, host_debian_mirrors, pid_alive, proc_cmdline, wait_for
 
-ACNG_PORT = int(os.environ.get("HOMECLOUD_LAB_ACNG_PORT", "3149"))
 NODE_PROXY_PORT = 3142
-ACNG_DIR = CACHE_ROOT / "apt-cacher-ng"
-ACNG_PIDFILE = RUN_ROOT / "apt-cacher-ng.pid"
+APT_CACHE = CACHE_ROOT / "apt"
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
-def acng_url() -> str:
-    return f"http://127.0.0.1:{ACNG_PORT}"
+def index_ttl() -> float:
+    return float(os.environ.get("HOMECLOUD_LAB_APT_INDEX_TTL", "300"))
+
+
+def archive_cache() -> aptproxy.ArchiveCache:
+    """The shared cache, allowing exactly the host's Debian mirrors."""
+    return aptproxy.ArchiveCache(APT_CACHE, list(host_debian_mirrors()), index_ttl=index_ttl())
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -42,109 +50,52 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def _write_config() -> Path:
-    mirror, security = host_debian_mirrors()
-    conf = ACNG_DIR / "conf"
-    conf.mkdir(parents=True, exist_ok=True)
-    (ACNG_DIR / "cache").mkdir(exist_ok=True)
-    (ACNG_DIR / "log").mkdir(exist_ok=True)
-    RUN_ROOT.mkdir(parents=True, exist_ok=True)
-    # The backend is the host's own mirror: the mirror list shipped with apt-cacher-ng would
-    # otherwise send requests to hosts that do not resolve here.
-    (conf / "backends_debian").write_text(mirror + "/\n", encoding="utf-8")
-    (conf / "backends_debsec").write_text(security + "/\n", encoding="utf-8")
-    sec = urlparse(security)
-    (conf / "acng.conf").write_text(
-        "# Written by the homecloud lab (lab/proxy.py); rewritten on every start.\n"
-        f"CacheDir: {ACNG_DIR / 'cache'}\n"
-        f"LogDir: {ACNG_DIR / 'log'}\n"
-        "SupportDir: /usr/lib/apt-cacher-ng\n"
-        f"Port: {ACNG_PORT}\n"
-        "BindAddress: 127.0.0.1\n"
-        f"PidFile: {ACNG_PIDFILE}\n"
-        "Remap-debrep: file:deb_mirror*.gz /debian ; file:backends_debian\n"
-        f"Remap-secdeb: security.debian.org security.debian.org/debian-security deb.debian.org/debian-security "
-        f"{sec.netloc}{sec.path} /debian-security ; file:backends_debsec\n"
-        # Only the remapped Debian archives: the proxy is not a way out to anything else.
-        "ForceManaged: 1\n"
-        "ExThreshold: 4\n"
-        "FollowIndexFileRemoval: 1\n",
-        encoding="utf-8",
-    )
-    return conf
+@contextlib.contextmanager
+def for_debootstrap(log_file: Path | None = None) -> Iterator[str]:
+    """A proxy on loopback for the base build (before any bridge exists); yields its URL."""
+    with aptproxy.serving(archive_cache(), "127.0.0.1", log_file) as url:
+        yield url
 
 
-def acng_pid() -> int | None:
-    try:
-        pid = int(ACNG_PIDFILE.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    cmd = proc_cmdline(pid)
-    if pid_alive(pid) and cmd and "apt-cacher-ng" in cmd[0]:
-        return pid
-    return None
+def _marker(instance: str) -> list[str]:
+    return ["-m", "lab.aptproxy", "--instance", instance]
 
 
-def ensure_acng() -> bool:
-    """Start the shared apt-cacher-ng unless it answers already. True if this call started it."""
-    with file_lock(RUN_ROOT / "apt-cacher-ng.lock", "the apt proxy"):
-        if _port_open("127.0.0.1", ACNG_PORT):
-            if acng_pid() is None:
-                log(f"note: 127.0.0.1:{ACNG_PORT} answers but is not the lab's apt-cacher-ng; using it as the apt proxy")
-            return False
-        conf = _write_config()
-        subprocess.run(
-            ["apt-cacher-ng", "-c", str(conf), "ForeGround=0"],
-            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        if not wait_for(lambda: _port_open("127.0.0.1", ACNG_PORT), 15):
-            raise LabError(f"apt-cacher-ng did not start on 127.0.0.1:{ACNG_PORT} (see {ACNG_DIR / 'log'})")
-        return True
-
-
-def stop_acng() -> None:
-    """Stop the shared apt-cacher-ng (only the one the lab started, found by its pid file)."""
-    with file_lock(RUN_ROOT / "apt-cacher-ng.lock", "the apt proxy"):
-        pid = acng_pid()
-        if pid:
-            os.kill(pid, signal.SIGTERM)
-            if not wait_for(lambda: not pid_alive(pid), 10):
-                os.kill(pid, signal.SIGKILL)
-        ACNG_PIDFILE.unlink(missing_ok=True)
-
-
-def forwarder_argv0(instance: str) -> str:
-    """argv[0] of an instance's forwarder: how `down` finds it even without a state file."""
-    return f"homecloud-lab-proxy-{instance}"
-
-
-def start_forwarder(instance: str, controller_ip: str, log_file: Path) -> int:
-    """socat on <controller_ip>:3142 (the lab bridge) to the shared apt-cacher-ng; returns its pid."""
-    out = open(log_file, "ab")
-    proc = subprocess.Popen(
-        [forwarder_argv0(instance), f"TCP-LISTEN:{NODE_PROXY_PORT},bind={controller_ip},fork,reuseaddr",
-         f"TCP:127.0.0.1:{ACNG_PORT}"],
-        executable="/usr/bin/socat", stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
-    )
-    out.close()
-    if not wait_for(lambda: _port_open(controller_ip, NODE_PROXY_PORT), 10):
-        raise LabError(f"the apt proxy forwarder did not listen on {controller_ip}:{NODE_PROXY_PORT} (see {log_file})")
+def start(instance: str, controller_ip: str, log_file: Path) -> int:
+    """The instance's proxy on <controller_ip>:3142 (the lab bridge); returns its pid."""
+    argv = [sys.executable, *_marker(instance), "--bind", controller_ip, "--port", str(NODE_PROXY_PORT),
+            "--cache", str(APT_CACHE), "--index-ttl", str(index_ttl()), "--log", str(log_file)]
+    for prefix in host_debian_mirrors():
+        argv += ["--allow", prefix]
+    errors = log_file.with_suffix(".err")
+    with open(errors, "ab") as err:
+        proc = subprocess.Popen(argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                start_new_session=True)
+    if not wait_for(lambda: _port_open(controller_ip, NODE_PROXY_PORT) or proc.poll() is not None, 15) \
+            or proc.poll() is not None:
+        detail = errors.read_text(errors="replace")[-2000:] if errors.exists() else ""
+        raise LabError(f"the apt proxy did not listen on {controller_ip}:{NODE_PROXY_PORT}: {detail}".rstrip())
     return proc.pid
 
 
-def forwarder_pids(instance: str) -> list[int]:
-    from .util import all_pids
+def pids(instance: str) -> list[int]:
+    """The instance's proxy processes, found by their command line (also without a state file)."""
+    marker = _marker(instance)
+    found = []
+    for pid in all_pids():
+        cmd = proc_cmdline(pid) or []
+        if any(cmd[i:i + len(marker)] == marker for i in range(len(cmd))):
+            found.append(pid)
+    return found
 
-    name = forwarder_argv0(instance)
-    return [pid for pid in all_pids() if (cmd := proc_cmdline(pid)) and cmd[0] == name]
 
-
-def stop_forwarder(instance: str) -> None:
-    for pid in forwarder_pids(instance):
+def stop(instance: str) -> None:
+    for pid in pids(instance):
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        except PermissionError:
-            os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not [p for p in forwarder_pids(instance) if pid_alive(p)], 5)
+    if not wait_for(lambda: not [p for p in pids(instance) if pid_alive(p)], 5):
+        for pid in pids(instance):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

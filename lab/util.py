@@ -4,7 +4,7 @@ Small helpers shared by the lab modules: paths, command runner, file locks, host
 Everything the lab creates lives under three roots (overridable for tests of the lab itself):
 
 - ``CACHE_ROOT`` (``/var/cache/homecloud-lab``): shared by every lab instance: the debootstrapped
-  base root filesystems and the apt-cacher-ng cache;
+  base root filesystems and the apt proxy's cache;
 - ``STATE_ROOT`` (``/var/lib/homecloud-lab``): one folder per instance (``state.json``, SSH key,
   node overlays, disk images, logs); removed by ``down``;
 - ``RUN_ROOT`` (``/run/homecloud-lab``): pid files and locks.
@@ -30,8 +30,6 @@ RUN_ROOT = Path(os.environ.get("HOMECLOUD_LAB_RUN", "/run/homecloud-lab"))
 REQUIRED_TOOLS = {
     "debootstrap": "debootstrap",
     "systemd-nspawn": "systemd-container",
-    "apt-cacher-ng": "apt-cacher-ng",
-    "socat": "socat",
     "mkfs.ext4": "e2fsprogs",
     "losetup": "mount",
     "ip": "iproute2",

@@ -78,17 +78,15 @@ def host_snapshot(instance: str) -> dict[str, set]:
         for loop in core._losetup_list()
         if not _other_path(loop.get("back-file") or "", instance)
     }
-    # apt-cacher-ng is shared: it stays while another lab instance exists.
-    shared_proxy_in_use = any(p.name != instance for p in STATE_ROOT.iterdir()) if STATE_ROOT.is_dir() else False
     procs = set()
     for pid in all_pids():
         cmd = " ".join(proc_cmdline(pid))
-        if not any(k in cmd for k in ("systemd-nspawn", "homecloud-lab", "apt-cacher-ng", "socat")):
+        if not any(k in cmd for k in ("systemd-nspawn", "homecloud-lab", "lab.aptproxy")):
             continue
-        if _other_path(cmd, instance) or ("apt-cacher-ng" in cmd and shared_proxy_in_use):
+        if _other_path(cmd, instance):
             continue
-        forwarder = re.search(r"homecloud-lab-proxy-([a-z0-9]+)", cmd)
-        if forwarder and forwarder.group(1) != instance:
+        apt_proxy = re.search(r"lab\.aptproxy --instance ([a-z0-9]+)", cmd)
+        if apt_proxy and apt_proxy.group(1) != instance:
             continue
         procs.add((pid, cmd))
     tables = set()
@@ -115,6 +113,7 @@ def test_up_down_leave_no_trace(local_only):
     assert any(str(core.state_dir(NOTRACE)) in m for m in during["mounts"])
     assert any(str(core.state_dir(NOTRACE)) in b for _, b in during["loops"])
     assert any("systemd-nspawn" in cmd for _, cmd in during["procs"])
+    assert any(f"lab.aptproxy --instance {NOTRACE}" in cmd for _, cmd in during["procs"])
     assert any(c.endswith(f"{NOTRACE}-node1") for c in during["cgroups"])
     assert lab.run("node2", "hostname").stdout.strip() == "node2"
     assert state["timings"]["nodes_ready_seconds"] > 0
