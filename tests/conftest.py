@@ -10,9 +10,16 @@ Test options for the whole suite.
                                     #   destructive test; the cluster must be deployed already
 
 The default of --lab can also come from $HOMECLOUD_TEST_LAB.
+
+Every program the session starts on the controller is recorded; a program that scripts/setup
+would not install on a fresh machine fails the session at its end (tests/controller_tools.py).
 """
 
 import os
+
+import pytest
+
+from tests import controller_tools
 
 LAB_MODES = ("none", "local", "vagrant")
 
@@ -35,9 +42,29 @@ def pytest_addoption(parser):
     )
 
 
+_recorder = None
+
+
 def pytest_configure(config):
+    global _recorder
+    if _recorder is None:
+        _recorder = controller_tools.Recorder()
     config.addinivalue_line(
         "markers",
         "destructive: crashes, powers off or cuts nodes; runs only on a lab (--lab=local/vagrant), "
         "never with --inventory",
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the session when it ran a controller program that scripts/setup does not install."""
+    if _recorder is None or not _recorder.programs:
+        return
+    problems = controller_tools.problems(dict(_recorder.programs))
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for line in ["", "programs this session ran that a fresh machine would lack (CI would fail there):", *problems]:
+            if reporter:
+                reporter.write_line(line, red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
