@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from homecloud.model import REPO_ROOT, InventoryError
 
@@ -327,28 +327,43 @@ def _interface(node: dict, topo: dict, st, recorded: dict, env: Mapping[str, str
     )
 
 
+NO_PROVIDER_FIX = (
+    "Fix: install a hypervisor Vagrant can drive: libvirt with the vagrant-libvirt plugin (Debian: apt install "
+    "libvirt-daemon-system libvirt-clients vagrant-libvirt), or VirtualBox, or Parallels with vagrant-parallels; "
+    "then run `python -m lab.vagrant up`"
+)
+
+
 def inventory_groups(
     v=None,
     env: Mapping[str, str] | None = None,
     secrets_dir: Path | None = None,
+    provider_check: Callable[[], tuple[bool, str]] = available,
 ) -> dict[str, list]:
     """
     The inventory groups of the running lab: {"k3s_servers": [(name, data), ...], ...}. Each
     node's data is given once (in its first group), like inventories/pi.py. Raises LabNotUp
-    with the command to run when a node of the topology is not running.
+    when a node of the topology is not running: with what to install when no Vagrant provider
+    is usable here (`provider_check`, asked only then), else with the command to run.
     """
     from homecloud.secrets import secret
 
     env = os.environ if env is None else env
     topo = topology(env)
     names = [node["name"] for node in topo["nodes"]]
-    v = v or _vagrant()
     try:
+        v = v or _vagrant()
         states = {s.name: s for s in v.status()}
+        failure = None
     except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
-        raise LabNotUp(f"vagrant lab: `vagrant status` failed ({e}). Fix: check `vagrant status` in {REPO_ROOT}") from None
+        states, failure = {}, e
     down = [f"{n}: {states[n].state if n in states else 'not defined'}" for n in names if n not in states or states[n].state != "running"]
     if down:
+        usable, why = provider_check()
+        if not usable:
+            raise LabNotUp(f"vagrant lab: {why}. {NO_PROVIDER_FIX}")
+        if failure is not None:
+            raise LabNotUp(f"vagrant lab: `vagrant status` failed ({failure}). Fix: check `vagrant status` in {REPO_ROOT}")
         raise LabNotUp(f"vagrant lab is not up ({', '.join(down)}). Fix: run `python -m lab.vagrant up`")
     try:
         sections = _ssh_sections(v._run_vagrant_command(["ssh-config", *names]))

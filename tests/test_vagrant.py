@@ -317,11 +317,42 @@ def test_inventory_with_eight_nodes(tmp_path, clean_env):
 )
 def test_inventory_refuses_a_lab_that_is_not_up(tmp_path, clean_env, states, shown):
     with pytest.raises(lab_vagrant.LabNotUp) as caught:
-        lab_vagrant.inventory_groups(v=RecordedVagrant(states), env=clean_env, secrets_dir=tmp_path)
+        lab_vagrant.inventory_groups(v=RecordedVagrant(states), env=clean_env, secrets_dir=tmp_path,
+                                     provider_check=lambda: (True, "vagrant with the libvirt provider"))
     message = str(caught.value)
     assert message.startswith("vagrant lab is not up")
     assert shown in message
     assert "python -m lab.vagrant up" in message
+
+
+class FailingVagrant(RecordedVagrant):
+    """`vagrant status` exits non-zero, as it does when the default provider cannot be used."""
+
+    def _run_vagrant_command(self, args):
+        raise subprocess.CalledProcessError(1, ["vagrant", *args])
+
+
+@pytest.mark.parametrize("vagrant_kind", [RecordedVagrant, FailingVagrant], ids=["status-works", "status-fails"])
+def test_inventory_without_a_usable_provider_says_what_to_install(tmp_path, clean_env, vagrant_kind):
+    why = "no usable Vagrant provider: libvirt: virsh not found; virtualbox: VBoxManage not found or not working"
+    with pytest.raises(lab_vagrant.LabNotUp) as caught:
+        lab_vagrant.inventory_groups(v=vagrant_kind({n: "not_created" for n in ("node1", "node2", "node3", "node4")}),
+                                     env=clean_env, secrets_dir=tmp_path, provider_check=lambda: (False, why))
+    message = str(caught.value)
+    assert message.startswith(f"vagrant lab: {why}. Fix: install a hypervisor")
+    assert "vagrant-libvirt" in message and "VirtualBox" in message and "Parallels" in message
+
+
+def test_a_running_lab_is_not_slowed_by_the_provider_check(tmp_path, clean_env):
+    """The provider diagnosis costs a `vagrant plugin list`: only a lab that is not up pays it."""
+
+    def never():
+        raise AssertionError("provider check on a running lab")
+
+    names = ("node1", "node2", "node3", "node4")
+    groups = lab_vagrant.inventory_groups(v=RecordedVagrant({n: "running" for n in names}), env=clean_env,
+                                          secrets_dir=tmp_path, provider_check=never)
+    assert [name for name, _ in groups["k3s_servers"]] == ["node1", "node2", "node3"]
 
 
 def _record(clean_env, interface: str, machine_id: str) -> None:
@@ -383,11 +414,27 @@ def test_inventory_file_loads_through_pyinfra(tmp_path, clean_environ, monkeypat
 
 
 @needs_vagrant
-def test_inventory_file_without_vms_fails_with_the_command_to_run(tmp_path, clean_env):
+@pytest.mark.parametrize(
+    "vboxmanage, expected",
+    [
+        # VirtualBox answers (the stand-in): the VMs are simply not created yet.
+        ("working", ["vagrant lab is not up (node1: not_created", "Fix: run `python -m lab.vagrant up`"]),
+        # Nothing Vagrant can drive (this machine without a hypervisor): say what to install.
+        ("broken", ["vagrant lab: no usable Vagrant provider: virtualbox: VBoxManage not found or not working",
+                    "Fix: install a hypervisor Vagrant can drive: libvirt with the vagrant-libvirt plugin"]),
+    ],
+)
+def test_inventory_file_without_vms_fails_with_what_to_do(tmp_path, clean_env, vboxmanage_stub, vboxmanage, expected):
     """No VM exists: pyinfra stops while loading the inventory, with a message and no traceback."""
-    env = {**clean_env, "VAGRANT_DEFAULT_PROVIDER": "libvirt", "VAGRANT_CHECKPOINT_DISABLE": "1"}
-    if "vagrant-libvirt" not in _plugins():
-        env["VAGRANT_DEFAULT_PROVIDER"] = "virtualbox"
+    if vboxmanage == "working":
+        stub_dir = vboxmanage_stub[0]
+    else:
+        stub_dir = tmp_path / "broken-bin"
+        stub_dir.mkdir()
+        (stub_dir / "VBoxManage").write_text("#!/bin/sh\necho 'VirtualBox kernel driver not installed' >&2\nexit 1\n")
+        (stub_dir / "VBoxManage").chmod(0o755)
+    env = {**clean_env, "VAGRANT_DEFAULT_PROVIDER": "virtualbox", "VAGRANT_CHECKPOINT_DISABLE": "1",
+           "PATH": f"{stub_dir}{os.pathsep}{clean_env['PATH']}"}
     pyinfra = Path(sys.executable).with_name("pyinfra")
     done = subprocess.run(
         [str(pyinfra), "-y", "inventories/vagrant.py", "exec", "--", "true"],
@@ -399,8 +446,8 @@ def test_inventory_file_without_vms_fails_with_the_command_to_run(tmp_path, clea
     )
     output = done.stdout + done.stderr
     assert done.returncode != 0
-    assert "vagrant lab is not up (node1: not_created" in output
-    assert "Fix: run `python -m lab.vagrant up`" in output
+    for text in expected:
+        assert text in output
     assert "Traceback" not in output
 
 
