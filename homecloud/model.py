@@ -23,6 +23,8 @@ from typing import Any, Iterable
 
 from pyinfra.api.exceptions import PyinfraError
 
+from .k3s_config import VERSION_RE as K3S_VERSION_RE
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
 
@@ -49,25 +51,26 @@ EXAMPLE_SECRETS = {
     "todo",
 }
 
-K3S_VERSION_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)\+k3s(\d+)$")
 # Samba share names: letters, digits and ._- (no spaces, no brackets), at most 80 characters.
-SHARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
+SHARE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 SAMBA_RESERVED = {"global", "homes", "printers", "print$", "ipc$"}
-UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+UNIX_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Syncthing device IDs: 8 groups of 7 base32 characters.
-SYNCTHING_ID_RE = re.compile(r"^[A-Z2-7]{7}(-[A-Z2-7]{7}){7}$")
-FOLDER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-DEVICE_SPEC_RE = re.compile(r"^(UUID|LABEL|PARTUUID|PARTLABEL)=\S+$")
-LABEL_RE = re.compile(r"^([a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?)=([A-Za-z0-9._-]*)$")
+SYNCTHING_ID_RE = re.compile(r"[A-Z2-7]{7}(-[A-Z2-7]{7}){7}")
+FOLDER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+DEVICE_SPEC_RE = re.compile(r"(UUID|LABEL|PARTUUID|PARTLABEL)=\S+")
+LABEL_RE = re.compile(r"([a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?)=([A-Za-z0-9._-]*)")
 TAINT_RE = re.compile(
-    r"^[a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)$"
+    r"[a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)"
 )
 ARCHES = ("amd64", "arm64", "armhf")
-KEEPALIVED_PASS_RE = re.compile(r"^[A-Za-z0-9_.,:;+=@%^*()\[\]{}/~-]{1,8}$")
-HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-MODULE_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-SYSCTL_RE = re.compile(r"^[A-Za-z0-9_./-]+$")
-WORKGROUP_RE = re.compile(r"^[A-Za-z0-9._-]{1,15}$")
+# keepalived starts comments at # and !, splits on blanks and strips quotes.
+KEEPALIVED_PASS_RE = re.compile(r"[A-Za-z0-9_.,:;+=@%^*()\[\]{}/~-]{1,8}")
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+MODULE_RE = re.compile(r"[A-Za-z0-9_-]+")
+SYSCTL_RE = re.compile(r"[A-Za-z0-9_./-]+")
+WORKGROUP_RE = re.compile(r"[A-Za-z0-9._-]{1,15}")
+INTERFACE_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,15}")
 
 
 class InventoryError(PyinfraError):
@@ -368,17 +371,17 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
         check_int(spec, "dnas_uid", 1000, 59999)
         check_int(spec, "dnas_gid", 1000, 59999)
         check_int(spec, "k3s_ready_timeout", 10, 7200)
-        if spec.data.get("base_manage_hostname") and not is_ip(spec.name) and not HOSTNAME_RE.match(spec.name):
+        if spec.data.get("base_manage_hostname") and not is_ip(spec.name) and not HOSTNAME_RE.fullmatch(spec.name):
             err(spec.name, "inventory", "the host name is not a valid Linux host name (base_manage_hostname sets it)", "use letters, digits and - (up to 63), or set base_manage_hostname = False")
         modules = spec.data.get("base_kernel_modules") or []
-        if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) and MODULE_RE.match(m) for m in modules):
+        if not isinstance(modules, (list, tuple)) or not all(isinstance(m, str) and MODULE_RE.fullmatch(m) for m in modules):
             err(spec.name, "base_kernel_modules", f"`{modules!r}` is not a list of module names", 'write it like ["overlay", "br_netfilter"]')
         sysctls = spec.data.get("base_sysctls") or {}
         if not isinstance(sysctls, dict):
             err(spec.name, "base_sysctls", "must be a dict of sysctl key: value", 'write it like {"net.ipv4.ip_forward": "1"}')
         else:
             for key, value in sysctls.items():
-                if not isinstance(key, str) or not SYSCTL_RE.match(key) or not isinstance(value, (str, int)) or isinstance(value, bool) or "\n" in str(value):
+                if not isinstance(key, str) or not SYSCTL_RE.fullmatch(key) or not isinstance(value, (str, int)) or isinstance(value, bool) or "\n" in str(value):
                     err(spec.name, "base_sysctls", f"`{key!r}: {value!r}` is not a sysctl setting", 'write it like "net.ipv4.ip_forward": "1"')
         for key in ("keepalived_check_script", "keepalived_notify_script"):
             script = spec.data.get(key)
@@ -387,9 +390,9 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             if not isinstance(script, str) or not script.startswith("/") or any(c in script for c in '"\n\r'):
                 err(spec.name, key, f"`{script!r}` is not a command keepalived can run", "give an absolute path first (keepalived runs it without a shell), with no double quotes or line breaks, e.g. /usr/bin/systemctl is-active --quiet k3s")
         user = spec.data.get("dnas_user")
-        if not isinstance(user, str) or not UNIX_USER_RE.match(user):
+        if not isinstance(user, str) or not UNIX_USER_RE.fullmatch(user):
             err(spec.name, "dnas_user", f"`{user!r}` is not a valid user name", "use lower-case letters, digits, _ or -")
-        if not isinstance(spec.data.get("node_interface"), str) or not re.match(r"^[A-Za-z0-9_.:@-]{1,15}$", spec.data.get("node_interface") or ""):
+        if not isinstance(spec.data.get("node_interface"), str) or not INTERFACE_RE.fullmatch(spec.data.get("node_interface") or ""):
             err(spec.name, "node_interface", f"`{spec.data.get('node_interface')!r}` is not an interface name", "set it to the LAN interface, e.g. eth0")
 
     # The VIP and keepalived.
@@ -438,7 +441,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             )
         elif len(secret) > 8:
             err(spec.name, "keepalived_auth_pass", f"{len(secret)} characters, VRRP PASS auth keeps only 8", "use at most 8 characters")
-        elif not KEEPALIVED_PASS_RE.match(secret):
+        elif not KEEPALIVED_PASS_RE.fullmatch(secret):
             err(spec.name, "keepalived_auth_pass", "contains a blank, a quote, # or ! (keepalived would cut it there)", "use letters, digits and punctuation other than those")
     for spec in specs:
         if spec.data.get("keepalived_enabled") and spec.data.get("keepalived_group") not in GROUPS:
@@ -464,7 +467,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                 )
     for spec in servers + agents:
         version = spec.data.get("k3s_version")
-        if not isinstance(version, str) or not K3S_VERSION_RE.match(version):
+        if not isinstance(version, str) or not K3S_VERSION_RE.fullmatch(version):
             err(spec.name, "k3s_version", f"`{version!r}` is not a k3s release", "write it like v1.31.4+k3s1 (see the k3s releases page)")
         if spec.data.get("k3s_install") == "airgap" and not spec.data.get("k3s_airgap_dir"):
             err(spec.name, "k3s_airgap_dir", "k3s_install is 'airgap' but no folder is given", "set k3s_airgap_dir to the folder holding k3s, k3s-arm64, k3s-armhf and sha256sum-*.txt")
@@ -477,7 +480,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                 err(spec.name, key, "must be a list", f'write it like {key} = ["key=value"]')
                 continue
             for value in values:
-                if not isinstance(value, str) or not pattern.match(value):
+                if not isinstance(value, str) or not pattern.fullmatch(value):
                     example = "disk=ssd" if key == "k3s_node_labels" else "dedicated=nas:NoSchedule"
                     err(spec.name, key, f"`{value!r}` is malformed", f"write it like {example}")
         for key, role in (("k3s_server_config", "server"), ("k3s_agent_config", "agent")):
@@ -487,7 +490,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             if not isinstance(extra, dict):
                 err(spec.name, key, "must be a dict of config.yaml keys", f"write it like {key} = {{'disable': ['traefik']}}")
                 continue
-            if extra and isinstance(version, str) and K3S_VERSION_RE.match(version):
+            if extra and isinstance(version, str) and K3S_VERSION_RE.fullmatch(version):
                 from .k3s_config import K3sConfigError, check_keys
 
                 try:
@@ -515,7 +518,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             err(spec.name, "longhorn_enabled", "Longhorn does not run on armv7 (armhf) boards", f"set longhorn_enabled = False for {spec.name}")
         device = spec.data.get("longhorn_device")
         if spec.data.get("longhorn_enabled"):
-            if device is not None and not DEVICE_SPEC_RE.match(str(device)):
+            if device is not None and not DEVICE_SPEC_RE.fullmatch(str(device)):
                 err(spec.name, "longhorn_device", f"`{device}` may name another disk after a reboot", "use UUID=... or LABEL=... (see `blkid`)")
             if spec.data.get("longhorn_fstype") not in ("ext4", "xfs"):
                 err(spec.name, "longhorn_fstype", f"`{spec.data.get('longhorn_fstype')!r}` is not supported by Longhorn", "use ext4 or xfs")
@@ -530,7 +533,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
         if not isinstance(path, str) or not path.startswith("/") or path.rstrip("/") in ("", "/boot", "/etc", "/usr", "/var", "/home", "/root"):
             err(spec.name, "dnas_path", f"`{path!r}` is not a usable data folder", "use an absolute path of its own, e.g. /srv/dnas")
         device = data.get("dnas_device")
-        if device is not None and not DEVICE_SPEC_RE.match(str(device)):
+        if device is not None and not DEVICE_SPEC_RE.fullmatch(str(device)):
             err(
                 spec.name,
                 "dnas_device",
@@ -549,7 +552,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             folder_ids: set[str] = set()
             for folder in data.get("syncthing_folders") or []:
                 fid = folder.get("id") if isinstance(folder, dict) else None
-                if not isinstance(fid, str) or not FOLDER_ID_RE.match(fid):
+                if not isinstance(fid, str) or not FOLDER_ID_RE.fullmatch(fid):
                     err(spec.name, "syncthing_folders", f"folder id `{fid!r}` is invalid", "use letters, digits and ._- (e.g. photos)")
                 elif fid in folder_ids:
                     err(spec.name, "syncthing_folders", f"folder id `{fid}` is listed twice", "give each folder a unique id")
@@ -557,13 +560,13 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                 _check_relative(err, spec.name, "syncthing_folders", folder.get("path") if isinstance(folder, dict) else None)
             for device_entry in data.get("syncthing_devices") or []:
                 did = device_entry.get("id") if isinstance(device_entry, dict) else None
-                if not isinstance(did, str) or not SYNCTHING_ID_RE.match(did):
+                if not isinstance(did, str) or not SYNCTHING_ID_RE.fullmatch(did):
                     err(spec.name, "syncthing_devices", f"device id `{did!r}` is not a Syncthing device ID", "copy it from the device (Actions > Show ID): 8 groups of 7 characters")
                 for fid in (device_entry.get("folders") or []) if isinstance(device_entry, dict) else []:
                     if fid not in folder_ids:
                         err(spec.name, "syncthing_devices", f"device `{device_entry.get('name')}` gets unknown folder `{fid}`", "use ids from syncthing_folders")
             gui = str(data.get("syncthing_gui_address") or "")
-            if not re.match(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}$", gui) or not 0 < int(gui.rsplit(":", 1)[1]) < 65536:
+            if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}", gui) or not 0 < int(gui.rsplit(":", 1)[1]) < 65536:
                 err(spec.name, "syncthing_gui_address", f"`{gui}` is not host:port", "write it like 127.0.0.1:8384")
             if not gui.startswith(("127.", "localhost:", "[::1]:")) and _is_secret_bad(data.get("syncthing_gui_password")):
                 err(spec.name, "syncthing_gui_password", f"the GUI listens on {gui} but has no real password", "set a password or keep syncthing_gui_address = '127.0.0.1:8384'")
@@ -574,10 +577,10 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
                 err(spec.name, "samba_users", "must be a dict of user: password", 'write it like {"alice": secret("samba_alice")}')
                 users = {}
             workgroup = data.get("samba_workgroup")
-            if not isinstance(workgroup, str) or not WORKGROUP_RE.match(workgroup):
+            if not isinstance(workgroup, str) or not WORKGROUP_RE.fullmatch(workgroup):
                 err(spec.name, "samba_workgroup", f"`{workgroup!r}` is not a workgroup name", "use 1-15 letters, digits and ._- (WORKGROUP is the usual one)")
             for user, password in users.items():
-                if not isinstance(user, str) or not UNIX_USER_RE.match(user):
+                if not isinstance(user, str) or not UNIX_USER_RE.fullmatch(user):
                     err(spec.name, "samba_users", f"`{user!r}` is not a valid user name", "use lower-case letters, digits, _ or -")
                 elif user in ("root", data.get("dnas_user")):
                     err(spec.name, "samba_users", f"`{user}` cannot be a Samba user (root, or the dnas owner every share writes as)", "pick a person's name, e.g. alice")
@@ -589,7 +592,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
             share_names: set[str] = set()
             for share in shares:
                 sname = share.get("name") if isinstance(share, dict) else None
-                if not isinstance(sname, str) or not SHARE_NAME_RE.match(sname) or sname.lower() in SAMBA_RESERVED:
+                if not isinstance(sname, str) or not SHARE_NAME_RE.fullmatch(sname) or sname.lower() in SAMBA_RESERVED:
                     err(spec.name, "samba_shares", f"share name `{sname!r}` is invalid", "use 1-80 letters, digits and ._- (not global, homes, printers)")
                 elif sname.lower() in share_names:
                     err(spec.name, "samba_shares", f"share `{sname}` is defined twice", "give each share a unique name (Samba ignores case)")
@@ -643,7 +646,7 @@ def _check_blank_device(err, spec: HostSpec, prefix: str) -> None:
     blank = spec.data.get(f"{prefix}_blank_device")
     if blank is None:
         return
-    if not isinstance(blank, str) or not re.match(r"^/dev/disk/by-(id|path)/\S+$", blank):
+    if not isinstance(blank, str) or not re.fullmatch(r"/dev/disk/by-(id|path)/\S+", blank):
         err(spec.name, f"{prefix}_blank_device", f"`{blank!r}` is not a stable disk path", "name the blank disk by /dev/disk/by-id/... or /dev/disk/by-path/...")
     device = str(spec.data.get(f"{prefix}_device") or "")
     if device and not device.startswith(("LABEL=", "UUID=")):
@@ -662,7 +665,7 @@ def _check_device_label(err, spec: HostSpec, prefix: str) -> None:
     label = device[len("LABEL="):]
     fstype = spec.data.get(f"{prefix}_fstype", "ext4")
     limit = LABEL_LIMITS.get(fstype, 16)
-    if not re.match(r"^[A-Za-z0-9._-]+$", label) or len(label) > limit:
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", label) or len(label) > limit:
         err(spec.name, f"{prefix}_device", f"label `{label}` is not usable on {fstype}", f"use at most {limit} letters, digits and ._-")
 
 

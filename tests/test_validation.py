@@ -294,6 +294,23 @@ BAD = {
         lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "guest_ok": True, "read_only": False}]),
         "pi1: samba_shares: share `pub` is writable by guests",
     ),
+    # Patterns match the whole value: a trailing newline is not a valid ending.
+    "vrrp_secret_trailing_newline": (
+        lambda ns: set_all(ns, keepalived_auth_pass="Vq8kZr2\n"),
+        "pi1: keepalived_auth_pass: contains a blank, a quote, # or !",
+    ),
+    "k3s_version_trailing_newline": (
+        lambda ns: set_all(ns, k3s_version="v1.31.4+k3s1\n"),
+        "pi1: k3s_version: `'v1.31.4+k3s1\\n'` is not a k3s release",
+    ),
+    "dnas_user_trailing_newline": (
+        lambda ns: set_all(ns, dnas_user="dnas\n"),
+        "pi1: dnas_user: `'dnas\\n'` is not a valid user name",
+    ),
+    "samba_user_trailing_newline": (
+        lambda ns: set_all(ns, samba_users={"alice\n": "a-long-random-Passw0rd"}, samba_shares=[]),
+        "pi1: samba_users: `'alice\\n'` is not a valid user name",
+    ),
 }
 
 
