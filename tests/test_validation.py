@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from homecloud.model import InventoryError, check_inventory, hosts_from_inventory_namespace, validate
+from homecloud.model import (
+    DATA_KINDS,
+    InventoryError,
+    check_inventory,
+    hosts_from_inventory_namespace,
+    kind_problem,
+    load_defaults,
+    validate,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -311,6 +319,83 @@ BAD = {
         lambda ns: set_all(ns, samba_users={"alice\n": "a-long-random-Passw0rd"}, samba_shares=[]),
         "pi1: samba_users: `'alice\\n'` is not a valid user name",
     ),
+    # Strict types (DATA_KINDS, ENTRY_KINDS): a quoted "no" is a non-empty string, so True.
+    "share_guest_ok_quoted_no": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "read_only": True, "guest_ok": "no"}]),
+        "pi1: samba_shares: share `pub`: guest_ok `'no'` is not True/False (a quoted word counts as True",
+    ),
+    "share_read_only_quoted_false": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "read_only": "false", "valid_users": ["alice"]}]),
+        "pi1: samba_shares: share `data`: read_only `'false'` is not True/False",
+    ),
+    "share_field_typo": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "readonly": True, "valid_users": ["alice"]}]),
+        "pi1: samba_shares: share `data`: unknown field `readonly`. Fix: did you mean `read_only`?",
+    ),
+    "share_valid_users_not_list": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "valid_users": "alice"}]),
+        "pi1: samba_shares: share `data`: valid_users `'alice'` is not a list",
+    ),
+    "shares_not_a_list": (
+        lambda ns: set_all(ns, samba_shares={"name": "data", "path": "data"}),
+        "pi1: samba_shares: `{'name': 'data', 'path': 'data'}` is not a list",
+    ),
+    "share_without_path": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "valid_users": ["alice"]}]),
+        "pi1: samba_shares: share `data`: no `path`. Fix: give every share a path",
+    ),
+    "nfs_read_only_int": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": 1}]),
+        "pi1: nfs_exports: export `data`: read_only `1` is not True/False",
+    ),
+    "nfs_export_not_a_dict": (
+        lambda ns: set_all(ns, nfs_exports=["data"]),
+        "pi1: nfs_exports: `'data'` is not an export",
+    ),
+    "syncthing_folder_without_path": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "photos", "label": "Photos"}]),
+        "pi1: syncthing_folders: folder `photos`: no `path`",
+    ),
+    "syncthing_device_without_name": (
+        lambda ns: set_all(ns, syncthing_devices=[{"id": "ABCDEFG-HIJKLMN-OPQRSTU-VWXYZ23-4567ABC-DEFGHIJ-KLMNOPQ-RSTUVWX"}]),
+        "pi1: syncthing_devices: device 1: no `name`",
+    ),
+    "priority_word": (
+        lambda ns: set_host(ns, "pi1", keepalived_priority="high"),
+        "pi1: keepalived_priority: `'high'` is not a whole number. Fix: set keepalived_priority to a whole number from 1 to 254",
+    ),
+    "priority_bool": (
+        lambda ns: set_host(ns, "pi1", keepalived_priority=True),
+        "pi1: keepalived_priority: `True` is not a whole number",
+    ),
+    "dnas_format_quoted_yes": (
+        lambda ns: set_host(ns, "pi1", dnas_format="yes"),
+        "pi1: dnas_format: `'yes'` is not True/False",
+    ),
+    "uid_quoted": (
+        lambda ns: set_all(ns, dnas_uid="2000"),
+        "pi1: dnas_uid: `'2000'` is not a whole number",
+    ),
+    "iptables_legacy_int": (
+        lambda ns: set_all(ns, base_iptables_legacy=1),
+        "pi1: base_iptables_legacy: `1` is not one of 'auto', True, False",
+    ),
+    "vrrp_secret_int": (
+        lambda ns: set_all(ns, keepalived_auth_pass=12345678),
+        "pi1: keepalived_auth_pass: `12345678` is not a string",
+    ),
+    "samba_password_int": (
+        lambda ns: set_all(ns, samba_users={"alice": 12345678}),
+        "pi1: samba_users: password of `alice` is not a string",
+    ),
+    "mount_options_blank": (
+        lambda ns: set_all(ns, dnas_mount_options="defaults, noatime"),
+        "pi1: dnas_mount_options: `'defaults, noatime'` is not a list of mount options",
+    ),
+    "sudo_quoted": (
+        lambda ns: set_all(ns, _sudo="yes"),
+        "pi1: _sudo: `'yes'` is not True/False",
+    ),
 }
 
 
@@ -337,6 +422,14 @@ def test_check_inventory_raises_one_error_listing_all_problems():
     assert "nothing was changed on any host" in message
     assert "k3s_verison: unknown key" in message
     assert "keepalived_router_id: `0` is outside 1-255" in message
+
+
+def test_every_default_has_a_declared_kind_it_fits():
+    """DATA_KINDS drives the type checks: a key added to group_data/all.py needs its kind there."""
+    defaults = load_defaults()
+    assert sorted(set(defaults) - set(DATA_KINDS)) == []
+    misfits = {key: kind_problem(key, value, DATA_KINDS[key]) for key, value in defaults.items()}
+    assert {key: problem for key, problem in misfits.items() if problem} == {}
 
 
 def test_group_data_defaults_are_documented():
