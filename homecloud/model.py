@@ -474,8 +474,11 @@ def _is_secret_bad(value: Any) -> bool:
     return value.strip().lower() in EXAMPLE_SECRETS
 
 
-def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) -> list[str]:
-    """Every problem found, each naming the host, the key and the fix. Empty: all good."""
+def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, sudo: bool = False) -> list[str]:
+    """
+    Every problem found, each naming the host, the key and the fix. Empty: all good. `sudo`:
+    pyinfra's config uses sudo for every host (`--sudo` on the command line).
+    """
     specs = list(specs)
     defaults = load_defaults() if defaults is None else defaults
     known = set(defaults) | _connector_keys() | KNOWN_EXTRA_KEYS
@@ -488,14 +491,32 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None) 
         errors.append("inventory: no hosts. Fix: list your boards in k3s_servers / k3s_agents / dnas.")
         return errors
 
-    # Unknown keys (typos), once per host.
+    # Unknown keys (typos), once per host. Keys starting with _ are pyinfra's global arguments
+    # (_sudo, _sudo_user, _env, ...): a misspelt one is ignored by pyinfra just the same.
+    arguments = sorted(k for k in known if k.startswith("_"))
     for spec in specs:
         for key in sorted(spec.data):
-            if key in known or key.startswith("_"):
+            if key in known:
+                continue
+            if key.startswith("_"):
+                close = difflib.get_close_matches(key, arguments, n=1, cutoff=0.6)
+                hint = f"did you mean `{close[0]}`?" if close else f"remove it (pyinfra's arguments are {', '.join(arguments)})."
+                err(spec.name, key, "unknown key (not a pyinfra global argument)", hint)
                 continue
             close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
             hint = f"did you mean `{close[0]}`?" if close else "remove it (see group_data/all.py for every key)."
             err(spec.name, key, "unknown key", hint)
+
+    # The deploys need root: a login user other than root needs _sudo (or --sudo).
+    for spec in specs:
+        user = spec.data.get("ssh_user")
+        if isinstance(user, str) and user != "root" and not sudo and spec.data.get("_sudo") is not True:
+            err(
+                spec.name,
+                "ssh_user",
+                f"`{user}` is not root and _sudo is not True (the deploys install packages and write /etc)",
+                f'add "_sudo": True to the data of {spec.name} (as inventories/pi.py does), or log in as root',
+            )
 
     servers = [s for s in specs if "k3s_servers" in s.groups]
     agents = [s for s in specs if "k3s_agents" in s.groups]
@@ -836,8 +857,11 @@ def format_errors(errors: list[str]) -> str:
 
 def check_inventory(namespace: dict[str, Any], inventory_file: str | None = None) -> None:
     """Validate an inventory file's groups merged with group_data; raise before connecting."""
+    from pyinfra.context import ctx_config
+
     specs, errors = hosts_from_inventory_namespace(namespace, inventory_file)
-    errors += validate(specs)
+    # The CLI loads its config (and --sudo) before the inventory.
+    errors += validate(specs, sudo=bool(ctx_config.isset() and ctx_config.get().SUDO))
     if errors:
         raise InventoryError(format_errors(errors))
 
@@ -846,7 +870,7 @@ def check_state(state) -> None:
     """Validate the merged data of every host in a pyinfra state, once per state."""
     if getattr(state, "_homecloud_checked", False):
         return
-    errors = validate(hosts_from_state(state))
+    errors = validate(hosts_from_state(state), sudo=bool(state.config.SUDO))
     if errors:
         raise InventoryError(format_errors(errors))
     state._homecloud_checked = True

@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 CLUSTER = {
     "ssh_user": "pi",
+    "_sudo": True,
     "vip": "192.168.1.240",
     "network_prefix": 24,
     "keepalived_auth_pass": "Vq8kZr2p",
@@ -396,6 +397,19 @@ BAD = {
         lambda ns: set_all(ns, _sudo="yes"),
         "pi1: _sudo: `'yes'` is not True/False",
     ),
+    # Keys starting with _ are pyinfra's global arguments: a misspelt one is ignored by pyinfra.
+    "pyinfra_argument_typo": (
+        lambda ns: set_all(ns, _sudo=None, _sduo=True),
+        "pi1: _sduo: unknown key (not a pyinfra global argument). Fix: did you mean `_sudo`?",
+    ),
+    "pyinfra_argument_unknown": (
+        lambda ns: set_host(ns, "pi2", _flux=1),
+        "pi2: _flux: unknown key (not a pyinfra global argument). Fix: remove it (pyinfra's arguments are _chdir,",
+    ),
+    "non_root_without_sudo": (
+        lambda ns: set_host(ns, "pi3", _sudo=False),
+        "pi3: ssh_user: `pi` is not root and _sudo is not True (the deploys install packages and write /etc). Fix: add \"_sudo\": True",
+    ),
 }
 
 
@@ -410,6 +424,18 @@ def test_bad_inventory_is_refused_with_a_clear_message(case):
     # Every message names a host (or hosts), the key, and says how to fix it.
     for error in errors:
         assert ": " in error and "Fix: " in error, error
+
+
+def test_pyinfra_arguments_and_root_login_pass():
+    namespace = set_all(good_inventory(), ssh_user="root", _sudo=None)
+    set_host(namespace, "pi1", ssh_user="pi", _sudo=True, _sudo_user="root", _env={"LANG": "C"})
+    assert errors_of(namespace) == []
+
+
+def test_sudo_from_the_command_line_counts_for_a_non_root_user():
+    specs, _ = hosts_from_inventory_namespace(set_all(good_inventory(), _sudo=None))
+    assert any("is not root and _sudo is not True" in e for e in validate(specs))
+    assert validate(specs, sudo=True) == []
 
 
 def test_check_inventory_raises_one_error_listing_all_problems():
