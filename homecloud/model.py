@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,8 @@ UNIX_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 # Syncthing device IDs: 8 groups of 7 base32 characters.
 SYNCTHING_ID_RE = re.compile(r"[A-Z2-7]{7}(-[A-Z2-7]{7}){7}")
 FOLDER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-DEVICE_SPEC_RE = re.compile(r"(UUID|LABEL|PARTUUID|PARTLABEL)=\S+")
+# A disk by what it carries, or by a udev link that does not change with USB order (never /dev/sdX).
+DEVICE_SPEC_RE = re.compile(r"(UUID|LABEL|PARTUUID|PARTLABEL)=\S+|/dev/disk/by-(id|uuid|label|partuuid|partlabel)/\S+")
 LABEL_RE = re.compile(r"([a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?)=([A-Za-z0-9._-]*)")
 TAINT_RE = re.compile(
     r"[a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?(=[A-Za-z0-9._-]*)?:(NoSchedule|PreferNoSchedule|NoExecute)"
@@ -82,6 +84,8 @@ class HostSpec:
     name: str
     groups: tuple[str, ...]
     data: dict[str, Any] = field(default_factory=dict)
+    # False for a host listed by name only, with no host data in any group.
+    own_data: bool = True
 
 
 def load_defaults() -> dict[str, Any]:
@@ -366,9 +370,14 @@ def hosts_from_inventory_namespace(
 ) -> tuple[list[HostSpec], list[str]]:
     """
     Merge an inventory file's groups with the group_data defaults the way pyinfra does
-    (host data > group data > `all` > group_data/all.py), and report duplicated host entries.
+    (host data > group data > `all` > group_data/all.py), and report what pyinfra would
+    silently ignore: duplicated host entries, groups and group_data files homecloud does not
+    know, data written inline on the `all` group.
     """
     errors: list[str] = []
+    # pyinfra puts every host of an inventory file in a group named after the file as well.
+    file_group = Path(inventory_file).stem if inventory_file else None
+    known_groups = ("all", *GROUPS, *([file_group] if file_group else []))
     # pyinfra's precedence: host data > group data (group_data/<group>.py over the data written
     # inline in the inventory) > `all` (group_data/all.py over inline `all` data).
     group_files: dict[str, dict[str, Any]] = {}
@@ -380,6 +389,12 @@ def hosts_from_inventory_namespace(
     for folder in folders:
         if folder.is_dir():
             for path in sorted(folder.glob("*.py")):
+                if path.stem not in known_groups:
+                    close = difflib.get_close_matches(path.stem, known_groups, n=1, cutoff=0.6)
+                    errors.append(
+                        f"inventory: {_shown(path)}: there is no group `{path.stem}` (pyinfra never uses this "
+                        f"data). Fix: {f'did you mean {close[0]}.py?' if close else 'remove it, or rename it to a group: ' + ', '.join(known_groups)}"
+                    )
                 group_files.setdefault(path.stem, {}).update(_exec_data_file(path))
 
     groups: dict[str, tuple[list, dict]] = {}
@@ -390,8 +405,21 @@ def hosts_from_inventory_namespace(
             groups[key] = (list(value[0]), dict(value[1]))
         else:
             groups[key] = (list(value), {})
+        if key not in known_groups:
+            close = difflib.get_close_matches(key, GROUPS, n=1, cutoff=0.5)
+            errors.append(
+                f"inventory: {key}: a list of hosts is a pyinfra group, but `{key}` is not a homecloud group "
+                f"(its hosts get no role). Fix: {f'did you mean `{close[0]}`?' if close else 'use ' + ', '.join(GROUPS)} "
+                "(a helper list that is not a group must start with _)"
+            )
 
     all_data = dict(groups["all"][1]) if "all" in groups else {}
+    for key in sorted(set(all_data) & set(group_files.get("all", {}))):
+        errors.append(
+            f"all: {key}: set on the inventory's `all` group, where pyinfra lets group_data/all.py override "
+            f"it (with {group_files['all'][key]!r}). Fix: give cluster values to each host, as inventories/pi.py "
+            "does with its _cluster dict"
+        )
     all_data.update(group_files.get("all", {}))
 
     host_order: list[str] = []
@@ -429,16 +457,27 @@ def hosts_from_inventory_namespace(
         for group in host_groups[name]:
             merged.update(groups[group][1])
             merged.update(group_files.get(group, {}))
+        if file_group and file_group not in host_groups[name]:
+            merged.update(group_files.get(file_group, {}))  # the file's group comes last
         merged.update(host_data[name])
-        specs.append(HostSpec(name, tuple(host_groups[name]), merged))
+        specs.append(HostSpec(name, tuple(host_groups[name]), merged, own_data=bool(host_data[name])))
     return specs, errors
+
+
+def _shown(path: Path) -> str:
+    """A path as the user knows it: relative to the repository when inside it."""
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def hosts_from_state(state) -> list[HostSpec]:
     specs = []
     for host in state.inventory:
         groups = tuple(group for group in host.groups if group != "all")
-        specs.append(HostSpec(host.name, groups, host.data.dict()))
+        own_data = bool(state.inventory.get_host_data(host.name))
+        specs.append(HostSpec(host.name, groups, host.data.dict(), own_data=own_data))
     return specs
 
 
@@ -490,6 +529,25 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
     if not specs:
         errors.append("inventory: no hosts. Fix: list your boards in k3s_servers / k3s_agents / dnas.")
         return errors
+
+    # A host listed by name only, with no data anywhere, is most often a misspelt name in one of
+    # the groups: say so, rather than list every key it lacks (node_ip first).
+    described = [s for s in specs if s.own_data]
+    for spec in list(specs):
+        if spec.own_data or not described or is_ip(spec.name) or spec.data.get("node_ip") is not None or spec.data.get("ssh_hostname"):
+            continue
+        # The host meant is one that is not in these groups yet.
+        others = [s.name for s in described if not set(spec.groups) <= set(s.groups)]
+        close = _closest(spec.name, others)
+        err(
+            spec.name,
+            "inventory",
+            f"listed in {', '.join(spec.groups) or 'the inventory'} by name only, and no group gives it data (not even an address)",
+            f"did you mean {' or '.join(f'`{c}`' for c in close)}? Write a host's name the same way in every group"
+            if close
+            else f'give it its data as the other hosts have it: ("{spec.name}", {{"ssh_hostname": ..., "node_ip": ...}})',
+        )
+        specs.remove(spec)
 
     # Unknown keys (typos), once per host. Keys starting with _ are pyinfra's global arguments
     # (_sudo, _sudo_user, _env, ...): a misspelt one is ignored by pyinfra just the same.
@@ -591,7 +649,6 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
         s for s in specs if s.data.get("keepalived_enabled") and s.data.get("keepalived_group", "k3s_servers") in s.groups
     ]
     k3s_on = [s for s in servers + agents if s.data.get("k3s_install") != "off"]
-    needs_vip = keepalived_hosts or k3s_on
     for spec in specs:
         if spec not in keepalived_hosts and spec not in k3s_on:
             continue
@@ -606,7 +663,8 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
             continue
         ip = node_ip(spec)
         prefix = spec.data.get("network_prefix")
-        if ip and isinstance(prefix, int) and 8 <= prefix <= 30:
+        # Only the hosts that hold the VIP must be in its subnet: agents reach it through the router.
+        if spec in keepalived_hosts and ip and isinstance(prefix, int) and 8 <= prefix <= 30:
             try:
                 net = ipaddress.IPv4Interface(f"{ip}/{prefix}").network
             except ValueError:
@@ -617,9 +675,10 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
                 err(spec.name, "vip", f"`{vip}` is the network or broadcast address of {net}", f"pick a free host address inside {net}")
         if str(vip_addr) in ips:
             err(spec.name, "vip", f"`{vip}` is the address of node {', '.join(ips[str(vip_addr)])}", "the VIP must be a free address no node uses")
-    vips = {str(s.data.get("vip")) for s in specs if needs_vip and (s in keepalived_hosts or s in k3s_on)}
+    vip_hosts = [s for s in specs if s in keepalived_hosts or s in k3s_on]
+    vips = {str(s.data.get("vip")) for s in vip_hosts}
     if len(vips) > 1:
-        err(", ".join(s.name for s in specs), "vip", f"hosts disagree on the VIP ({', '.join(sorted(vips))})", "set vip once for the whole cluster")
+        err(", ".join(s.name for s in vip_hosts), "vip", f"hosts disagree on the VIP ({', '.join(sorted(vips))})", "set vip once for the whole cluster")
 
     for spec in keepalived_hosts:
         secret = spec.data.get("keepalived_auth_pass")
@@ -639,7 +698,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
     if any(s.data.get("keepalived_enabled") for s in specs):
         group = specs[0].data.get("keepalived_group")
         if group in GROUPS and not any(group in s.groups for s in specs):
-            err(specs[0].name, "keepalived_group", f"group `{group}` has no hosts", "add hosts to it or set keepalived_enabled = False")
+            err("inventory", "keepalived_group", f"group `{group}` has no hosts", "add hosts to it or set keepalived_enabled = False")
 
     # k3s.
     if servers or agents:
@@ -698,7 +757,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
         device = spec.data.get("longhorn_device")
         if spec.data.get("longhorn_enabled"):
             if isinstance(device, str) and not DEVICE_SPEC_RE.fullmatch(device):
-                err(spec.name, "longhorn_device", f"`{device}` may name another disk after a reboot", "use UUID=... or LABEL=... (see `blkid`)")
+                err(spec.name, "longhorn_device", f"`{device}` may name another disk after a reboot", "use UUID=... or LABEL=... (see `blkid`), or /dev/disk/by-id/...")
             if spec.data.get("longhorn_fstype") not in ("ext4", "xfs"):
                 err(spec.name, "longhorn_fstype", f"`{spec.data.get('longhorn_fstype')!r}` is not supported by Longhorn", "use ext4 or xfs")
             _check_blank_device(err, spec, "longhorn")
@@ -717,7 +776,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
                 spec.name,
                 "dnas_device",
                 f"`{device}` may name another disk after a reboot (USB order changes)",
-                "use UUID=... or LABEL=... as `blkid` shows it",
+                "use UUID=... or LABEL=... as `blkid` shows it, or /dev/disk/by-id/...",
             )
         if data.get("dnas_format") is True and device is None:
             err(spec.name, "dnas_format", "True but no dnas_device is given", "set dnas_device = 'LABEL=...' or turn dnas_format off")
@@ -743,7 +802,9 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
                     err(spec.name, "syncthing_devices", f"device id `{did!r}` is not a Syncthing device ID", "copy it from the device (Actions > Show ID): 8 groups of 7 characters")
                 for fid in device_entry.get("folders") or []:
                     if fid not in folder_ids:
-                        err(spec.name, "syncthing_devices", f"device `{device_entry['name']}` gets unknown folder `{fid}`", "use ids from syncthing_folders")
+                        close = difflib.get_close_matches(str(fid), sorted(folder_ids), n=1, cutoff=0.6)
+                        fix = f"did you mean `{close[0]}`?" if close else f"use ids from syncthing_folders ({', '.join(sorted(folder_ids)) or 'none'})"
+                        err(spec.name, "syncthing_devices", f"device `{device_entry['name']}` gets unknown folder `{fid}`", fix)
             gui = data.get("syncthing_gui_address")
             if isinstance(gui, str):
                 if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}", gui) or not 0 < int(gui.rsplit(":", 1)[1]) < 65536:
@@ -777,7 +838,9 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
                 _check_relative(err, spec.name, "samba_shares", share["path"])
                 for user in share.get("valid_users") or []:
                     if user not in users:
-                        err(spec.name, "samba_shares", f"share `{sname}` names user `{user}` who is not in samba_users", f"add {user} to samba_users")
+                        close = difflib.get_close_matches(str(user), [str(u) for u in users], n=1, cutoff=0.6)
+                        also = f"did you mean `{close[0]}`? If not, " if close else ""
+                        err(spec.name, "samba_shares", f"share `{sname}` names user `{user}` who is not in samba_users", f"{also}add {user} to samba_users")
                 if share.get("guest_ok") and not share.get("read_only", False):
                     err(spec.name, "samba_shares", f"share `{sname}` is writable by guests", "set read_only = True or guest_ok = False")
             if shares and not users and not all(s.get("guest_ok") for s in shares):
@@ -843,10 +906,24 @@ def _check_device_label(err, spec: HostSpec, prefix: str) -> None:
 def _check_relative(err, host: str, key: str, path: Any) -> None:
     if not isinstance(path, str) or path.startswith("/") or ".." in Path(path).parts:
         err(host, key, f"path `{path!r}` must be relative to dnas_path and stay inside it", "write it like 'data' or 'photos/2024'")
-    elif key != "syncthing_folders" and path.strip("/") in ("", "."):
+    elif posixpath.normpath(path) == "." and key == "syncthing_folders":
+        err(host, key, f"path `{path}` is dnas_path itself: syncing it shares dnas_path/.config, where each node keeps its own Syncthing keys", "sync a folder inside it, e.g. 'data'")
+    elif posixpath.normpath(path) == ".":
         err(host, key, "the root of dnas_path is not shared (it holds Syncthing's keys in .config)", "share a folder inside it, e.g. 'data'")
+    elif ".config" in Path(path).parts:
+        err(host, key, f"path `{path}` lies in dnas_path/.config, where each node keeps its own Syncthing keys", "share a folder outside .config, e.g. 'data'")
     elif any(c in path for c in '"\n\r\\'):
         err(host, key, f"path `{path!r}` contains a quote, backslash or line break", "use plain folder names like 'photos/2024'")
+
+
+def _closest(word: str, candidates: list[str]) -> list[str]:
+    """The candidates most like `word` (all of them when several are equally close)."""
+    close = difflib.get_close_matches(word, candidates, n=len(candidates) or 1, cutoff=0.5)
+
+    def ratio(candidate: str) -> float:
+        return difflib.SequenceMatcher(None, word, candidate).ratio()
+
+    return [c for c in close if ratio(c) == ratio(close[0])]
 
 
 def format_errors(errors: list[str]) -> str:

@@ -410,6 +410,74 @@ BAD = {
         lambda ns: set_host(ns, "pi3", _sudo=False),
         "pi3: ssh_user: `pi` is not root and _sudo is not True (the deploys install packages and write /etc). Fix: add \"_sudo\": True",
     ),
+    # Groups: pyinfra makes any list of hosts a group; homecloud knows three.
+    "unknown_group_typo": (
+        lambda ns: ns.update(k3s_server=ns.pop("k3s_servers")),
+        "inventory: k3s_server: a list of hosts is a pyinfra group, but `k3s_server` is not a homecloud group (its hosts get no role). Fix: did you mean `k3s_servers`?",
+    ),
+    "unknown_group_dnas_nodes": (
+        lambda ns: ns.update(dnas_nodes=ns.pop("dnas")),
+        "inventory: dnas_nodes: a list of hosts is a pyinfra group, but `dnas_nodes` is not a homecloud group (its hosts get no role). Fix: did you mean `dnas`?",
+    ),
+    "unknown_group_no_hint": (
+        lambda ns: ns.update(boards=["pi1"]),
+        "inventory: boards: a list of hosts is a pyinfra group, but `boards` is not a homecloud group (its hosts get no role). Fix: use k3s_servers, k3s_agents, dnas",
+    ),
+    "data_inline_on_all": (
+        lambda ns: ns.update(all=(["pi1", "pi2", "pi3", "pi4"], {"vip": "192.168.1.240", "ssh_user": "pi"})),
+        "all: vip: set on the inventory's `all` group, where pyinfra lets group_data/all.py override it (with None). Fix: give cluster values to each host, as inventories/pi.py does",
+    ),
+    # Misspelt host names and groups: the message names that cause, not what follows from it.
+    "dnas_host_typo": (
+        lambda ns: ns.update(dnas=["pi1", "pi5"]),
+        "pi5: inventory: listed in dnas by name only, and no group gives it data (not even an address). Fix: did you mean",
+    ),
+    "dnas_host_case": (
+        lambda ns: ns.update(dnas=["pi1", "Pi2"]),
+        "Pi2: inventory: listed in dnas by name only, and no group gives it data (not even an address). Fix: did you mean `pi2`?",
+    ),
+    "keepalived_group_empty": (
+        lambda ns: (set_all(ns, keepalived_group="dnas"), ns.update(dnas=[])),
+        "inventory: keepalived_group: group `dnas` has no hosts",
+    ),
+    "keepalived_group_typo": (
+        lambda ns: set_all(ns, keepalived_group="k3s_server"),
+        "pi1: keepalived_group: `'k3s_server'` is not one of 'k3s_servers', 'k3s_agents', 'dnas'",
+    ),
+    "samba_valid_user_typo": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "valid_users": ["alcie"]}]),
+        "pi1: samba_shares: share `data` names user `alcie` who is not in samba_users. Fix: did you mean `alice`? If not, add alcie",
+    ),
+    "syncthing_device_folder_typo": (
+        lambda ns: set_all(ns, syncthing_devices=[{"name": "phone", "id": "ABCDEFG-HIJKLMN-OPQRSTU-VWXYZ23-4567ABC-DEFGHIJ-KLMNOPQ-RSTUVWX", "folders": ["homecloud-dat"]}]),
+        "pi1: syncthing_devices: device `phone` gets unknown folder `homecloud-dat`. Fix: did you mean `homecloud-data`?",
+    ),
+    # Syncthing keeps each node's keys in dnas_path/.config: never shared.
+    "syncthing_folder_root": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "all", "path": "."}]),
+        "pi1: syncthing_folders: path `.` is dnas_path itself: syncing it shares dnas_path/.config, where each node keeps its own Syncthing keys",
+    ),
+    "syncthing_folder_empty_path": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "all", "path": "./"}]),
+        "pi1: syncthing_folders: path `./` is dnas_path itself",
+    ),
+    "syncthing_folder_in_config": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "cfg", "path": "data/../.config"}]),
+        "pi1: syncthing_folders: path `'data/../.config'` must be relative to dnas_path and stay inside it",
+    ),
+    "syncthing_folder_config": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "cfg", "path": ".config/syncthing"}]),
+        "pi1: syncthing_folders: path `.config/syncthing` lies in dnas_path/.config, where each node keeps its own Syncthing keys",
+    ),
+    "samba_share_config": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "cfg", "path": ".config", "valid_users": ["alice"]}]),
+        "pi1: samba_shares: path `.config` lies in dnas_path/.config",
+    ),
+    # Stable device paths: /dev/disk/by-id/... is accepted, /dev/sdX still is not.
+    "longhorn_bare_device": (
+        lambda ns: set_host(ns, "pi4", longhorn_device="/dev/sdb"),
+        "pi4: longhorn_device: `/dev/sdb` may name another disk after a reboot. Fix: use UUID=... or LABEL=... (see `blkid`), or /dev/disk/by-id/...",
+    ),
 }
 
 
@@ -424,6 +492,64 @@ def test_bad_inventory_is_refused_with_a_clear_message(case):
     # Every message names a host (or hosts), the key, and says how to fix it.
     for error in errors:
         assert ": " in error and "Fix: " in error, error
+
+
+def test_stable_device_paths_pass():
+    namespace = good_inventory()
+    set_host(namespace, "pi1", dnas_device="/dev/disk/by-id/usb-SanDisk_Extreme_1234-0:0-part1")
+    set_host(namespace, "pi4", longhorn_device="/dev/disk/by-id/ata-Samsung_SSD_870_S5Y1NX0R-part1")
+    assert errors_of(namespace) == []
+
+
+def test_agent_outside_the_vip_subnet_passes():
+    """Agents never hold the VIP (keepalived_group is k3s_servers): they reach it routed."""
+    namespace = set_host(good_inventory(), "pi4", ssh_hostname="192.168.2.14", node_ip="192.168.2.14")
+    assert errors_of(namespace) == []
+    # A server outside it is still refused: it would hold a VIP its interface cannot answer.
+    set_host(namespace, "pi3", ssh_hostname="192.168.2.13", node_ip="192.168.2.13")
+    assert [e for e in errors_of(namespace) if "vip" in e] == [
+        "pi3: vip: `192.168.1.240` is outside the node's subnet 192.168.2.0/24. Fix: pick a free address inside 192.168.2.0/24 (or fix network_prefix)"
+    ]
+
+
+def test_misspelt_host_is_reported_as_such_only():
+    namespace = good_inventory()
+    namespace["dnas"] = ["pi1", "pi22"]
+    assert errors_of(namespace) == [
+        "pi22: inventory: listed in dnas by name only, and no group gives it data (not even an address). "
+        "Fix: did you mean `pi2`? Write a host's name the same way in every group"
+    ]
+
+
+def test_group_data_file_for_an_unknown_group(tmp_path):
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "k3s_server.py").write_text("k3s_ready_timeout = 900\n")
+    (tmp_path / "group_data" / "nas.py").write_text("dnas_path = '/srv/nas'\n")
+    (tmp_path / "group_data" / "monitoring.py").write_text("dnas_path = '/srv/www'\n")
+    specs, errors = hosts_from_inventory_namespace(good_inventory(), str(tmp_path / "home.py"))
+    assert errors == [
+        f"inventory: {tmp_path}/group_data/k3s_server.py: there is no group `k3s_server` (pyinfra never uses this data). "
+        "Fix: did you mean k3s_servers.py?",
+        f"inventory: {tmp_path}/group_data/monitoring.py: there is no group `monitoring` (pyinfra never uses this data). "
+        "Fix: remove it, or rename it to a group: all, k3s_servers, k3s_agents, dnas, home",
+        f"inventory: {tmp_path}/group_data/nas.py: there is no group `nas` (pyinfra never uses this data). "
+        "Fix: did you mean dnas.py?",
+    ]
+
+
+def test_group_data_file_of_the_inventory_file_group_applies(tmp_path):
+    """pyinfra puts every host of inventories/home.py in a group `home`: its group_data counts."""
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "home.py").write_text("k3s_ready_timeout = 900\n")
+    (tmp_path / "group_data" / "dnas.py").write_text("dnas_path = '/srv/nas'\n")
+    specs, errors = hosts_from_inventory_namespace(good_inventory(), str(tmp_path / "home.py"))
+    assert errors == [] and validate(specs) == []
+    assert {s.name: (s.data["k3s_ready_timeout"], s.data["dnas_path"]) for s in specs} == {
+        "pi1": (900, "/srv/nas"),
+        "pi2": (900, "/srv/nas"),
+        "pi3": (900, "/srv/dnas"),
+        "pi4": (900, "/srv/dnas"),
+    }
 
 
 def test_pyinfra_arguments_and_root_login_pass():
