@@ -171,3 +171,10 @@ nfs_backend = "kernel"
 # Exports: path (relative to dnas_path), networks allowed (CIDR), read_only. Access is squashed
 # to dnas_uid/dnas_gid. NFSv3 and NFSv4.
 nfs_exports = [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}]
+
+# --- Validation -------------------------------------------------------------------------------
+# pyinfra runs this file after the inventory file and before it connects: check the inventory
+# there, with its --data overrides (homecloud/model.py, check_loading_inventory).
+from homecloud.model import check_loading_inventory  # noqa: E402
+
+check_loading_inventory()

@@ -2,12 +2,18 @@
 The homecloud data model: the defaults in `group_data/all.py`, how an inventory's data merges
 over them, and the validation that runs before any host is touched.
 
-Two entry points use the same rules:
+Three entry points use the same rules:
 
 - `check_inventory(namespace, inventory_file)`, called at the end of an inventory file, so a
   broken inventory stops pyinfra while it loads the inventory, before it connects to anything;
+- `check_loading_inventory()`, called by group_data/all.py, which the pyinfra CLI runs after the
+  inventory file and before connecting: the same check with the `--data` overrides applied, for
+  inventories that do not call `check_inventory()` too;
 - `check_state(state)`, called first by every deploy file, on the data pyinfra really merged
-  (including `--data` overrides), once per run.
+  (including `--data` overrides), once per run: the check for the Python API and any other way
+  in (after connecting).
+
+The types of all keys are declared once, in `DATA_KINDS` and `ENTRY_KINDS`.
 
 Both raise `InventoryError` listing every problem as "host: key: problem. Fix: ...".
 """
@@ -938,6 +944,59 @@ def check_inventory(namespace: dict[str, Any], inventory_file: str | None = None
 
     specs, errors = hosts_from_inventory_namespace(namespace, inventory_file)
     # The CLI loads its config (and --sudo) before the inventory.
+    errors += validate(specs, sudo=bool(ctx_config.isset() and ctx_config.get().SUDO))
+    if errors:
+        raise InventoryError(format_errors(errors))
+
+
+def check_loading_inventory() -> None:
+    """
+    Validate the inventory pyinfra's CLI is loading, with its `--data` overrides, before it
+    connects; called by group_data/all.py.
+
+    pyinfra 3.10 has no hook between applying `--data` and connecting (`state.init` drops any
+    callback handler registered earlier, and no user code runs between it and `connect_all`).
+    What does run after the inventory file and before connecting are the group_data files:
+    the CLI executes them with the inventory being loaded as the current inventory (without
+    the `--data` values, which it applies afterwards). So this rebuilds the inventory's groups
+    from that inventory, applies `--data` and `--user` as read from the command line, and
+    validates. This catches inventories that do not call `check_inventory()` themselves and
+    `--data` mistakes. Anywhere else (the Python API, a deploy reading the defaults, an
+    inventory that is not a file) it does nothing, and `check_state()` in the deploys remains
+    the check.
+    """
+    import click
+    from pyinfra.context import ctx_config, ctx_inventory
+    from pyinfra_cli.util import parse_cli_arg
+
+    context = click.get_current_context(silent=True)
+    if context is None or not ctx_inventory.isset():
+        return
+    inventory = ctx_inventory.get()
+    params = context.params
+    inventory_file = params.get("inventory")
+    if getattr(inventory, "state", None) is not None or getattr(inventory, "_homecloud_checked", False):
+        return  # not the CLI loading an inventory, or already checked (group_data/all.py runs once per folder)
+    if not isinstance(inventory_file, str) or not Path(inventory_file).is_file():
+        return
+    inventory._homecloud_checked = True
+
+    namespace: dict[str, Any] = {}
+    for group, hosts in inventory.groups.items():
+        if group != "all" and group != Path(inventory_file).stem:
+            members = [(host.name, dict(inventory.get_host_data(host.name))) for host in hosts]
+            namespace[group] = (members, dict(inventory.get_group_data(group)))
+    namespace["all"] = ([host.name for host in inventory], dict(inventory.get_data()))
+    override: dict[str, Any] = {}
+    for argument in params.get("data") or ():
+        key, _, value = str(argument).partition("=")
+        override[key] = parse_cli_arg(value)
+    if params.get("ssh_user"):
+        override["ssh_user"] = params["ssh_user"]
+
+    specs, errors = hosts_from_inventory_namespace(namespace, inventory_file)
+    for spec in specs:
+        spec.data.update(override)
     errors += validate(specs, sudo=bool(ctx_config.isset() and ctx_config.get().SUDO))
     if errors:
         raise InventoryError(format_errors(errors))

@@ -653,3 +653,41 @@ def test_cli_example_inventory_fails_fast_with_a_connection_error():
     assert "Connecting to hosts" in output, output
     assert "problem(s)" not in output, output
     assert "No hosts remaining" in output or "Could not connect" in output or "Connection refused" in output, output
+
+
+def test_cli_data_override_is_checked_before_connecting():
+    """--data is applied after the inventory file ran: group_data/all.py checks it, still before connecting."""
+    result = _pyinfra(
+        "--dry",
+        "--data",
+        "ssh_hostname=127.0.0.1",
+        "--data",
+        "ssh_port=1",
+        "--data",
+        "keepalived_router_id=300",
+        "--data",
+        "samba_shares=[{\"name\": \"pub\", \"path\": \"pub\", \"guest_ok\": \"no\", \"read_only\": true}]",
+        "inventories/pi.py",
+        "deploys/all.py",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "pi1: keepalived_router_id: `300` is outside 1-255" in output, output
+    assert "pi1: samba_shares: share `pub`: guest_ok `'no'` is not True/False" in output, output
+    assert "Connecting to hosts" not in output, output
+
+
+def test_cli_inventory_without_check_inventory_fails_before_connecting(tmp_path):
+    """An inventory that does not call check_inventory() is checked all the same, before connecting."""
+    source = (REPO / "inventories" / "pi.py").read_text()
+    assert "\ncheck_inventory(globals(), __file__)\n" in source
+    broken = source.replace("\ncheck_inventory(globals(), __file__)\n", "\n").replace('"vip": "192.168.1.240"', '"vip": "10.9.9.9"')
+    broken = broken.replace('dnas = ["pi1", "pi2"]', 'dnas = ["pi1", "pi2"]\ndnas_nodes = ["pi3"]')
+    path = tmp_path / "home.py"
+    path.write_text(broken)
+    result = _pyinfra("--dry", str(path), "deploys/all.py")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "pi1: vip: `10.9.9.9` is outside the node's subnet 192.168.1.0/24" in output, output
+    assert "inventory: dnas_nodes: a list of hosts is a pyinfra group, but `dnas_nodes` is not a homecloud group" in output, output
+    assert "Connecting to hosts" not in output, output
