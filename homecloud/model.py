@@ -241,7 +241,7 @@ DATA_KINDS: dict[str, Kind] = {
     "k3s_node_taints": Kind(list),
     "k3s_registries": Kind(dict, optional=True),
     "k3s_kubeconfig": Kind(),
-    "k3s_kubeconfig_context": Kind(pattern=re.compile(r"[^\s]+"), bad="is not a context name", fix="set it to a name like homecloud"),
+    "k3s_kubeconfig_context": Kind(pattern=re.compile(r".*\S.*"), bad="is not a context name", fix="set it to a name like homecloud"),
     "k3s_ready_timeout": _count(10, 7200),
     # Longhorn.
     "longhorn_enabled": _flag(),
@@ -373,6 +373,7 @@ def _is_group(key: str, value: Any) -> bool:
 def hosts_from_inventory_namespace(
     namespace: dict[str, Any],
     inventory_file: str | None = None,
+    group_data_dirs: Iterable[str] = (),
 ) -> tuple[list[HostSpec], list[str]]:
     """
     Merge an inventory file's groups with the group_data defaults the way pyinfra does
@@ -392,6 +393,7 @@ def hosts_from_inventory_namespace(
         inv_folder = Path(inventory_file).resolve().parent / "group_data"
         if inv_folder != folders[0]:
             folders.append(inv_folder)
+    folders += [Path(folder) for folder in group_data_dirs]  # --group-data
     for folder in folders:
         if folder.is_dir():
             for path in sorted(folder.glob("*.py")):
@@ -548,7 +550,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
         err(
             spec.name,
             "inventory",
-            f"listed in {', '.join(spec.groups) or 'the inventory'} by name only, and no group gives it data (not even an address)",
+            f"listed in {', '.join(g for g in spec.groups if g in GROUPS) or 'the inventory'} by name only, and no group gives it data (not even an address)",
             f"did you mean {' or '.join(f'`{c}`' for c in close)}? Write a host's name the same way in every group"
             if close
             else f'give it its data as the other hosts have it: ("{spec.name}", {{"ssh_hostname": ..., "node_ip": ...}})',
@@ -994,7 +996,7 @@ def check_loading_inventory() -> None:
     if params.get("ssh_user"):
         override["ssh_user"] = params["ssh_user"]
 
-    specs, errors = hosts_from_inventory_namespace(namespace, inventory_file)
+    specs, errors = hosts_from_inventory_namespace(namespace, inventory_file, params.get("group_data") or ())
     for spec in specs:
         spec.data.update(override)
     errors += validate(specs, sudo=bool(ctx_config.isset() and ctx_config.get().SUDO))

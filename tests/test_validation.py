@@ -691,3 +691,27 @@ def test_cli_inventory_without_check_inventory_fails_before_connecting(tmp_path)
     assert "pi1: vip: `10.9.9.9` is outside the node's subnet 192.168.1.0/24" in output, output
     assert "inventory: dnas_nodes: a list of hosts is a pyinfra group, but `dnas_nodes` is not a homecloud group" in output, output
     assert "Connecting to hosts" not in output, output
+
+
+def test_check_state_reports_a_misspelt_host_and_data_overrides(tmp_path, monkeypatch):
+    """The check the deploys run (after connecting): same rules on the data pyinfra merged."""
+    from pyinfra.api import Config, State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    from homecloud.model import check_state
+
+    source = (REPO / "inventories" / "pi.py").read_text().replace("\ncheck_inventory(globals(), __file__)\n", "\n")
+    path = tmp_path / "home.py"
+    path.write_text(source.replace('dnas = ["pi1", "pi2"]', 'dnas = ["pi1", "pi02"]'))
+    monkeypatch.chdir(REPO)
+    state = State()
+    with ctx_state.use(state):
+        inventory = make_inventory(str(path), cwd=str(REPO), override_data={"keepalived_priority": "high"})
+        state.init(inventory, Config())
+        with pytest.raises(InventoryError) as info:
+            check_state(state)
+    message = str(info.value)
+    assert "pi02: inventory: listed in dnas by name only, and no group gives it data (not even an address). Fix: did you mean `pi2`?" in message
+    assert "pi1: keepalived_priority: `'high'` is not a whole number" in message
+    assert "node_ip" not in message
