@@ -433,10 +433,19 @@ def hosts_from_inventory_namespace(
     host_order: list[str] = []
     host_groups: dict[str, list[str]] = {}
     host_data: dict[str, dict[str, Any]] = {}
+    malformed: set[str] = set()  # hosts whose data is not a dict: reported here, not validated
     for group, (members, gdata) in groups.items():
         seen_in_group: set[str] = set()
         for item in members:
-            name, data = (item, {}) if isinstance(item, str) else (item[0], dict(item[1]) if len(item) > 1 else {})
+            name, data = (item, {}) if isinstance(item, str) else (item[0], item[1] if len(item) > 1 else {})
+            if not isinstance(data, dict):
+                errors.append(
+                    f"{name}: inventory: its data in group `{group}` is `{data!r}`, not a dict. "
+                    f'Fix: write the host as ("{name}", {{"ssh_hostname": ..., "node_ip": ...}})'
+                )
+                malformed.add(name)
+                data = {}
+            data = dict(data)
             if name in seen_in_group:
                 errors.append(
                     f"{name}: inventory: the host is listed twice in group `{group}`. "
@@ -461,6 +470,8 @@ def hosts_from_inventory_namespace(
 
     specs = []
     for name in host_order:
+        if name in malformed:
+            continue
         merged = dict(all_data)
         for group in host_groups[name]:
             merged.update(groups[group][1])
@@ -605,6 +616,8 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
     ips: dict[str, list[str]] = {}
     for spec in specs:
         raw = spec.data.get("node_ip")
+        if raw is not None and not isinstance(raw, str):
+            continue  # reported by the DATA_KINDS check
         ip = node_ip(spec)
         if ip is None and raw is None:
             err(
@@ -664,6 +677,8 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
         if vip is None:
             err(spec.name, "vip", "missing", "set vip to a free address in the nodes' subnet, outside the DHCP range")
             continue
+        if not isinstance(vip, str):
+            continue  # reported by the DATA_KINDS check
         try:
             vip_addr = ipaddress.IPv4Address(str(vip))
         except ValueError:
@@ -822,7 +837,8 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
                     err(spec.name, "syncthing_gui_password", f"the GUI listens on {gui} but has no real password", "set a password or keep syncthing_gui_address = '127.0.0.1:8384'")
 
         if data.get("samba_enabled") is True:
-            users = data.get("samba_users") if isinstance(data.get("samba_users"), dict) else {}
+            users_known = isinstance(data.get("samba_users"), dict)  # else reported by the DATA_KINDS check
+            users = data.get("samba_users") if users_known else {}
             for user, password in users.items():
                 if not isinstance(user, str) or not UNIX_USER_RE.fullmatch(user):
                     err(spec.name, "samba_users", f"`{user!r}` is not a valid user name", "use lower-case letters, digits, _ or -")
@@ -845,13 +861,13 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
                 share_names.add(sname.lower())
                 _check_relative(err, spec.name, "samba_shares", share["path"])
                 for user in share.get("valid_users") or []:
-                    if user not in users:
+                    if users_known and user not in users:
                         close = difflib.get_close_matches(str(user), [str(u) for u in users], n=1, cutoff=0.6)
                         also = f"did you mean `{close[0]}`? If not, " if close else ""
                         err(spec.name, "samba_shares", f"share `{sname}` names user `{user}` who is not in samba_users", f"{also}add {user} to samba_users")
                 if share.get("guest_ok") and not share.get("read_only", False):
                     err(spec.name, "samba_shares", f"share `{sname}` is writable by guests", "set read_only = True or guest_ok = False")
-            if shares and not users and not all(s.get("guest_ok") for s in shares):
+            if users_known and shares and not users and not all(s.get("guest_ok") for s in shares):
                 err(spec.name, "samba_users", "shares are defined but no Samba user can log in", 'add samba_users = {"alice": secret("samba_alice")}')
 
         if data.get("nfs_enabled") is True:

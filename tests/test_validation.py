@@ -521,6 +521,22 @@ def test_misspelt_host_is_reported_as_such_only():
     ]
 
 
+def test_one_message_for_one_mistake():
+    """A value of the wrong type is reported once, not again by the checks that need the type."""
+    namespace = good_inventory()
+    namespace["k3s_agents"][0] = ("pi4", "192.168.1.14")
+    assert errors_of(namespace) == [
+        "pi4: inventory: its data in group `k3s_agents` is `'192.168.1.14'`, not a dict. "
+        'Fix: write the host as ("pi4", {"ssh_hostname": ..., "node_ip": ...})'
+    ]
+    namespace = set_host(good_inventory(), "pi4", node_ip=14)
+    assert errors_of(namespace) == ["pi4: node_ip: `14` is not a string. Fix: write node_ip as a string (see group_data/all.py)"]
+    namespace = set_all(good_inventory(), samba_users=["alice"])
+    assert {e.split(": ", 1)[1] for e in errors_of(namespace)} == {
+        "samba_users: `['alice']` is not a dict. Fix: write samba_users as a dict (see group_data/all.py)"
+    }
+
+
 def test_group_data_file_for_an_unknown_group(tmp_path):
     (tmp_path / "group_data").mkdir()
     (tmp_path / "group_data" / "k3s_server.py").write_text("k3s_ready_timeout = 900\n")
