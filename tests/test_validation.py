@@ -731,3 +731,20 @@ def test_check_state_reports_a_misspelt_host_and_data_overrides(tmp_path, monkey
     assert "pi02: inventory: listed in dnas by name only, and no group gives it data (not even an address). Fix: did you mean `pi2`?" in message
     assert "pi1: keepalived_priority: `'high'` is not a whole number" in message
     assert "node_ip" not in message
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"vip": "192.168.1.240\n"}, {"auth_pass": "Vq8kZr2\n"}, {"interface": "eth0\n"}, {"script_user": "keepalived_script\n"}],
+)
+def test_operations_match_whole_values_too(changed):
+    """The operations re-check what they write with model.py's patterns, on the whole value."""
+    from pyinfra.api import OperationError
+
+    from operations.keepalived import render_config
+
+    args = {"vip": "192.168.1.240", "prefix": 24, "interface": "eth0", "router_id": 51, "priority": 100}
+    args.update(auth_pass="Vq8kZr2p", node_name="pi1", script_user="keepalived_script")
+    assert "192.168.1.240" in render_config(**args)
+    with pytest.raises(OperationError):
+        render_config(**{**args, **changed})
