@@ -338,8 +338,7 @@ def check_entries(err, host: str, key: str, value: Any) -> list[dict]:
         ok = True
         for name in entry:
             if name not in kinds.fields:
-                close = difflib.get_close_matches(str(name), sorted(kinds.fields), n=1, cutoff=0.6)
-                fix = f"did you mean `{close[0]}`?" if close else f"use only {', '.join(kinds.fields)}"
+                fix = did_you_mean(name, kinds.fields, f"use only {', '.join(kinds.fields)}")
                 err(host, key, f"{what}: unknown field `{name}`", fix)
                 ok = False
         for name, kind in kinds.fields.items():
@@ -398,10 +397,9 @@ def hosts_from_inventory_namespace(
         if folder.is_dir():
             for path in sorted(folder.glob("*.py")):
                 if path.stem not in known_groups:
-                    close = difflib.get_close_matches(path.stem, known_groups, n=1, cutoff=0.6)
+                    fix = did_you_mean(path.stem, known_groups, f"remove it, or rename it to a group: {', '.join(known_groups)}", shown="{}.py")
                     errors.append(
-                        f"inventory: {_shown(path)}: there is no group `{path.stem}` (pyinfra never uses this "
-                        f"data). Fix: {f'did you mean {close[0]}.py?' if close else 'remove it, or rename it to a group: ' + ', '.join(known_groups)}"
+                        f"inventory: {_shown(path)}: there is no group `{path.stem}` (pyinfra never uses this data). Fix: {fix}"
                     )
                 group_files.setdefault(path.stem, {}).update(_exec_data_file(path))
 
@@ -414,11 +412,10 @@ def hosts_from_inventory_namespace(
         else:
             groups[key] = (list(value), {})
         if key not in known_groups:
-            close = difflib.get_close_matches(key, GROUPS, n=1, cutoff=0.5)
+            fix = did_you_mean(key, GROUPS, f"use {', '.join(GROUPS)}", cutoff=0.5)
             errors.append(
                 f"inventory: {key}: a list of hosts is a pyinfra group, but `{key}` is not a homecloud group "
-                f"(its hosts get no role). Fix: {f'did you mean `{close[0]}`?' if close else 'use ' + ', '.join(GROUPS)} "
-                "(a helper list that is not a group must start with _)"
+                f"(its hosts get no role). Fix: {fix} (a helper list that is not a group must start with _)"
             )
 
     all_data = dict(groups["all"][1]) if "all" in groups else {}
@@ -576,12 +573,10 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
             if key in known:
                 continue
             if key.startswith("_"):
-                close = difflib.get_close_matches(key, arguments, n=1, cutoff=0.6)
-                hint = f"did you mean `{close[0]}`?" if close else f"remove it (pyinfra's arguments are {', '.join(arguments)})."
+                hint = did_you_mean(key, arguments, f"remove it (pyinfra's arguments are {', '.join(arguments)}).")
                 err(spec.name, key, "unknown key (not a pyinfra global argument)", hint)
                 continue
-            close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
-            hint = f"did you mean `{close[0]}`?" if close else "remove it (see group_data/all.py for every key)."
+            hint = did_you_mean(key, sorted(known), "remove it (see group_data/all.py for every key).", cutoff=0.75)
             err(spec.name, key, "unknown key", hint)
 
     # The deploys need root: a login user other than root needs _sudo (or --sudo).
@@ -825,8 +820,7 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
                     err(spec.name, "syncthing_devices", f"device id `{did!r}` is not a Syncthing device ID", "copy it from the device (Actions > Show ID): 8 groups of 7 characters")
                 for fid in device_entry.get("folders") or []:
                     if fid not in folder_ids:
-                        close = difflib.get_close_matches(str(fid), sorted(folder_ids), n=1, cutoff=0.6)
-                        fix = f"did you mean `{close[0]}`?" if close else f"use ids from syncthing_folders ({', '.join(sorted(folder_ids)) or 'none'})"
+                        fix = did_you_mean(fid, sorted(folder_ids), f"use ids from syncthing_folders ({', '.join(sorted(folder_ids)) or 'none'})")
                         err(spec.name, "syncthing_devices", f"device `{device_entry['name']}` gets unknown folder `{fid}`", fix)
             gui = data.get("syncthing_gui_address")
             if isinstance(gui, str):
@@ -862,9 +856,9 @@ def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, 
                 _check_relative(err, spec.name, "samba_shares", share["path"])
                 for user in share.get("valid_users") or []:
                     if users_known and user not in users:
-                        close = difflib.get_close_matches(str(user), [str(u) for u in users], n=1, cutoff=0.6)
-                        also = f"did you mean `{close[0]}`? If not, " if close else ""
-                        err(spec.name, "samba_shares", f"share `{sname}` names user `{user}` who is not in samba_users", f"{also}add {user} to samba_users")
+                        fix = f"add {user} to samba_users"
+                        fix = did_you_mean(user, users, fix, then=f" If not, {fix}")
+                        err(spec.name, "samba_shares", f"share `{sname}` names user `{user}` who is not in samba_users", fix)
                 if share.get("guest_ok") and not share.get("read_only", False):
                     err(spec.name, "samba_shares", f"share `{sname}` is writable by guests", "set read_only = True or guest_ok = False")
             if users_known and shares and not users and not all(s.get("guest_ok") for s in shares):
@@ -938,6 +932,12 @@ def _check_relative(err, host: str, key: str, path: Any) -> None:
         err(host, key, f"path `{path}` lies in dnas_path/.config, where each node keeps its own Syncthing keys", "share a folder outside .config, e.g. 'data'")
     elif any(c in path for c in '"\n\r\\'):
         err(host, key, f"path `{path!r}` contains a quote, backslash or line break", "use plain folder names like 'photos/2024'")
+
+
+def did_you_mean(word: Any, candidates: Iterable, otherwise: str, cutoff: float = 0.6, shown: str = "`{}`", then: str = "") -> str:
+    """The fix for a misspelt name: the closest candidate (as `shown` formats it), else `otherwise`."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=cutoff)
+    return f"did you mean {shown.format(close[0])}?{then}" if close else otherwise
 
 
 def _closest(word: str, candidates: list[str]) -> list[str]:
