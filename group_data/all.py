@@ -108,7 +108,8 @@ k3s_ready_timeout = 600
 longhorn_enabled = True
 # Where Longhorn keeps replicas; must be ext4 or XFS.
 longhorn_data_path = "/var/lib/longhorn"
-# Optional dedicated disk for longhorn_data_path: "UUID=..." or "LABEL=..." (never /dev/sdX).
+# Optional dedicated disk for longhorn_data_path: "UUID=...", "LABEL=..." or a
+# /dev/disk/by-id/... path (never /dev/sdX).
 longhorn_device = None
 # Format longhorn_device only if it carries no filesystem and no partition table.
 longhorn_format = False
@@ -126,8 +127,8 @@ dnas_path = "/srv/dnas"
 dnas_user = "dnas"
 dnas_uid = 2000
 dnas_gid = 2000
-# Optional data disk mounted at dnas_path: "UUID=..." or "LABEL=..." (never /dev/sdX). None:
-# dnas_path is a folder on the root filesystem.
+# Optional data disk mounted at dnas_path: "UUID=...", "LABEL=..." or /dev/disk/by-id/...
+# (never /dev/sdX). None: dnas_path is a folder on the root filesystem.
 dnas_device = None
 dnas_fstype = "ext4"
 # Format dnas_device only if it carries no filesystem and no partition table. Never otherwise.
@@ -170,3 +171,10 @@ nfs_backend = "kernel"
 # Exports: path (relative to dnas_path), networks allowed (CIDR), read_only. Access is squashed
 # to dnas_uid/dnas_gid. NFSv3 and NFSv4.
 nfs_exports = [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}]
+
+# --- Validation -------------------------------------------------------------------------------
+# pyinfra runs this file after the inventory file and before it connects: check the inventory
+# there, with its --data overrides (homecloud/model.py, check_loading_inventory).
+from homecloud.model import check_loading_inventory  # noqa: E402
+
+check_loading_inventory()

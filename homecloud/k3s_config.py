@@ -23,7 +23,7 @@ import yaml
 
 SUPPORTED_MINORS = ((1, 29), (1, 30), (1, 31), (1, 32), (1, 33))
 
-VERSION_RE = re.compile(r"^v(\d+)\.(\d+)\.(\d+)\+k3s(\d+)$")
+VERSION_RE = re.compile(r"v(\d+)\.(\d+)\.(\d+)\+k3s(\d+)")
 
 # Flags of `k3s agent`; a server runs an agent, so they are valid on servers too.
 AGENT_FLAGS = frozenset(
@@ -103,7 +103,7 @@ class K3sConfigError(ValueError):
 
 
 def parse_version(version: str) -> tuple[int, int, int, int]:
-    match = VERSION_RE.match(version or "")
+    match = VERSION_RE.fullmatch(version or "")
     if not match:
         raise K3sConfigError(f"`{version}` is not a k3s release; write it like v1.31.4+k3s1")
     return tuple(int(x) for x in match.groups())  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from pyinfra.operations.util import files as file_utils
 
 from facts.keepalived import STATE_FILE
 from facts.node import FileStates
+from homecloud.model import INTERFACE_RE as IFACE_RE, KEEPALIVED_PASS_RE as AUTH_PASS_RE, UNIX_USER_RE
 from operations.node import put_texts, upload_private
 
 INSTANCE = "homecloud_vip"
@@ -30,10 +31,7 @@ CONFIG = "/etc/keepalived/keepalived.conf"
 # 0 for any HTTP answer (401 included) and non-zero when nothing answers (7) or TLS fails (35).
 DEFAULT_CHECK = "/usr/bin/curl -sk -o /dev/null --max-time 2 https://127.0.0.1:6443/"
 
-IPV4_RE = re.compile(r"^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$")
-# keepalived starts comments at # and !, splits on blanks and strips quotes.
-AUTH_PASS_RE = re.compile(r"^[A-Za-z0-9_.,:;+=@%^*()\[\]{}/~-]{1,8}$")
-IFACE_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+IPV4_RE = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
 
 NOTIFY_HELPER_CONTENT = f"""#!/bin/sh
 # homecloud: keepalived runs this (as root) on every VRRP state change of {INSTANCE}
@@ -46,7 +44,7 @@ mv -f {STATE_FILE}.new {STATE_FILE}
 
 
 def _check_ipv4(value: str, what: str) -> None:
-    match = IPV4_RE.match(str(value or ""))
+    match = IPV4_RE.fullmatch(str(value or ""))
     if not match or any(int(part) > 255 for part in match.groups()):
         raise OperationError(f"{what} `{value}` is not an IPv4 address")
 
@@ -77,7 +75,7 @@ def render_config(
     _check_ipv4(vip, "vip")
     if not 1 <= int(prefix) <= 32:
         raise OperationError(f"prefix {prefix} must be 1-32")
-    if not IFACE_RE.match(interface or ""):
+    if not IFACE_RE.fullmatch(interface or ""):
         raise OperationError(f"interface `{interface}` is not an interface name")
     if not 1 <= int(router_id) <= 255:
         raise OperationError(f"router_id {router_id} must be 1-255")
@@ -85,11 +83,11 @@ def render_config(
         raise OperationError(f"priority {priority} must be 1-254")
     if not 1 <= int(advert_int) <= 255:
         raise OperationError(f"advert_int {advert_int} must be 1-255")
-    if not isinstance(auth_pass, str) or not AUTH_PASS_RE.match(auth_pass):
+    if not isinstance(auth_pass, str) or not AUTH_PASS_RE.fullmatch(auth_pass):
         raise OperationError(
             "auth_pass must be 1-8 characters without blanks, quotes, # or ! (keepalived cuts the rest)"
         )
-    if not re.match(r"^[a-z_][a-z0-9_-]{0,31}$", script_user or ""):
+    if not UNIX_USER_RE.fullmatch(script_user or ""):
         raise OperationError(f"script_user `{script_user}` is not a user name")
     peers = list(unicast_peers or [])
     if peers:

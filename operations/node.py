@@ -37,6 +37,7 @@ from facts.node import (
     UnitStates,
 )
 from facts.samba import UnixAccount
+from homecloud.model import UNIX_USER_RE as ACCOUNT_RE
 
 HOSTS_BEGIN = "# BEGIN homecloud nodes (managed by homecloud: edits inside this block are replaced)"
 HOSTS_END = "# END homecloud nodes"
@@ -50,7 +51,6 @@ ENABLED_FILE_STATES = ("enabled", "static")
 
 # pyinfra's apt.update(cache_time=...) touches this file after an update; so does node.packages.
 APT_UPDATE_STAMP = "/var/lib/apt/periodic/update-success-stamp"
-ACCOUNT_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 # k3s docs: iptables 1.8.0 - 1.8.4 with the nf_tables backend has bugs (duplicate rules).
 BUGGY_NFT_IPTABLES = ((1, 8, 0), (1, 8, 4))
@@ -562,7 +562,7 @@ def packages(packages: list[str], present: bool = True, cache_time: int = 3600):
     if not packages:
         raise OperationError("packages must name at least one package")
     for package in packages:
-        if not re.match(r"^[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?$", package):
+        if not re.fullmatch(r"[a-z0-9][a-z0-9+.-]*(:[a-z0-9]+)?", package):
             raise OperationError(f"`{package}` is not a Debian package name")
     status = host.get_fact(DebStatus, packages=list(packages))
     installed = [p for p in packages if status.get(p.split(":")[0], "")[1:2] == "i"]
@@ -605,7 +605,7 @@ def system_user(
 
         node.system_user(name="User for keepalived's scripts", user="keepalived_script")
     """
-    if not ACCOUNT_RE.match(user):
+    if not ACCOUNT_RE.fullmatch(user):
         raise OperationError(f"`{user}` is not a valid user name")
     existing = host.get_fact(UnixAccount, user=user, group=user)["user"]
 

@@ -27,9 +27,8 @@ from pyinfra.facts.files import FileContents
 from pyinfra.operations.util import files as file_utils
 
 from facts.samba import SambaUsers, UnixAccount
+from homecloud.model import SHARE_NAME_RE, UNIX_USER_RE as USER_RE
 
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-SHARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 HEADER = "# Managed by homecloud (operations/samba.py): edits here are overwritten."
 
 
@@ -125,10 +124,10 @@ def account(
 
         samba.account(user="dnas", uid=2000, gid=2000, home="/srv/dnas")
     """
-    if not USER_RE.match(user):
+    if not USER_RE.fullmatch(user):
         raise OperationError(f"`{user}` is not a valid user name")
     group = group or user
-    if not USER_RE.match(group):
+    if not USER_RE.fullmatch(group):
         raise OperationError(f"`{group}` is not a valid group name")
 
     current = host.get_fact(UnixAccount, user=user, group=group)
@@ -197,7 +196,7 @@ def user(
 
         samba.user(user="alice", password=HiddenValue(secret("samba_alice")))
     """
-    if not USER_RE.match(user):
+    if not USER_RE.fullmatch(user):
         raise OperationError(f"`{user}` is not a valid user name")
 
     samba_users = host.get_fact(SambaUsers)
@@ -378,7 +377,7 @@ def config(
     for share in shares:
         if not isinstance(share, dict) or not {"name", "path"} <= set(share):
             raise OperationError(f"share {share!r}: name and path are required")
-        if not SHARE_NAME_RE.match(share["name"]):
+        if not SHARE_NAME_RE.fullmatch(share["name"]):
             raise OperationError(f"share name `{share['name']}` is invalid")
         if share["name"].lower() in names:
             raise OperationError(f"share `{share['name']}` is defined twice")
@@ -386,12 +385,12 @@ def config(
         if not str(share["path"]).startswith("/") or "\n" in str(share["path"]):
             raise OperationError(f"share `{share['name']}`: path must be absolute (one line)")
         for user_name in share.get("valid_users") or []:
-            if not USER_RE.match(user_name):
+            if not USER_RE.fullmatch(user_name):
                 raise OperationError(f"share `{share['name']}`: `{user_name}` is not a valid user name")
     for value in (*users, force_user, force_group):
-        if not USER_RE.match(value):
+        if not USER_RE.fullmatch(value):
             raise OperationError(f"`{value}` is not a valid user or group name")
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$", workgroup):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", workgroup):
         raise OperationError(f"workgroup `{workgroup}` is invalid (1-15 letters, digits, ._-)")
 
     wanted = render_shares(shares, users, force_user, force_group, workgroup)

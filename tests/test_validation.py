@@ -13,12 +13,21 @@ from pathlib import Path
 
 import pytest
 
-from homecloud.model import InventoryError, check_inventory, hosts_from_inventory_namespace, validate
+from homecloud.model import (
+    DATA_KINDS,
+    InventoryError,
+    check_inventory,
+    hosts_from_inventory_namespace,
+    kind_problem,
+    load_defaults,
+    validate,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
 CLUSTER = {
     "ssh_user": "pi",
+    "_sudo": True,
     "vip": "192.168.1.240",
     "network_prefix": 24,
     "keepalived_auth_pass": "Vq8kZr2p",
@@ -294,6 +303,181 @@ BAD = {
         lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "guest_ok": True, "read_only": False}]),
         "pi1: samba_shares: share `pub` is writable by guests",
     ),
+    # Patterns match the whole value: a trailing newline is not a valid ending.
+    "vrrp_secret_trailing_newline": (
+        lambda ns: set_all(ns, keepalived_auth_pass="Vq8kZr2\n"),
+        "pi1: keepalived_auth_pass: contains a blank, a quote, # or !",
+    ),
+    "k3s_version_trailing_newline": (
+        lambda ns: set_all(ns, k3s_version="v1.31.4+k3s1\n"),
+        "pi1: k3s_version: `'v1.31.4+k3s1\\n'` is not a k3s release",
+    ),
+    "dnas_user_trailing_newline": (
+        lambda ns: set_all(ns, dnas_user="dnas\n"),
+        "pi1: dnas_user: `'dnas\\n'` is not a valid user name",
+    ),
+    "samba_user_trailing_newline": (
+        lambda ns: set_all(ns, samba_users={"alice\n": "a-long-random-Passw0rd"}, samba_shares=[]),
+        "pi1: samba_users: `'alice\\n'` is not a valid user name",
+    ),
+    # Strict types (DATA_KINDS, ENTRY_KINDS): a quoted "no" is a non-empty string, so True.
+    "share_guest_ok_quoted_no": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "pub", "path": "pub", "read_only": True, "guest_ok": "no"}]),
+        "pi1: samba_shares: share `pub`: guest_ok `'no'` is not True/False (a quoted word counts as True",
+    ),
+    "share_read_only_quoted_false": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "read_only": "false", "valid_users": ["alice"]}]),
+        "pi1: samba_shares: share `data`: read_only `'false'` is not True/False",
+    ),
+    "share_field_typo": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "readonly": True, "valid_users": ["alice"]}]),
+        "pi1: samba_shares: share `data`: unknown field `readonly`. Fix: did you mean `read_only`?",
+    ),
+    "share_valid_users_not_list": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "valid_users": "alice"}]),
+        "pi1: samba_shares: share `data`: valid_users `'alice'` is not a list",
+    ),
+    "shares_not_a_list": (
+        lambda ns: set_all(ns, samba_shares={"name": "data", "path": "data"}),
+        "pi1: samba_shares: `{'name': 'data', 'path': 'data'}` is not a list",
+    ),
+    "share_without_path": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "valid_users": ["alice"]}]),
+        "pi1: samba_shares: share `data`: no `path`. Fix: give every share a path",
+    ),
+    "nfs_read_only_int": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": 1}]),
+        "pi1: nfs_exports: export `data`: read_only `1` is not True/False",
+    ),
+    "nfs_export_not_a_dict": (
+        lambda ns: set_all(ns, nfs_exports=["data"]),
+        "pi1: nfs_exports: `'data'` is not an export",
+    ),
+    "syncthing_folder_without_path": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "photos", "label": "Photos"}]),
+        "pi1: syncthing_folders: folder `photos`: no `path`",
+    ),
+    "syncthing_device_without_name": (
+        lambda ns: set_all(ns, syncthing_devices=[{"id": "ABCDEFG-HIJKLMN-OPQRSTU-VWXYZ23-4567ABC-DEFGHIJ-KLMNOPQ-RSTUVWX"}]),
+        "pi1: syncthing_devices: device 1: no `name`",
+    ),
+    "priority_word": (
+        lambda ns: set_host(ns, "pi1", keepalived_priority="high"),
+        "pi1: keepalived_priority: `'high'` is not a whole number. Fix: set keepalived_priority to a whole number from 1 to 254",
+    ),
+    "priority_bool": (
+        lambda ns: set_host(ns, "pi1", keepalived_priority=True),
+        "pi1: keepalived_priority: `True` is not a whole number",
+    ),
+    "dnas_format_quoted_yes": (
+        lambda ns: set_host(ns, "pi1", dnas_format="yes"),
+        "pi1: dnas_format: `'yes'` is not True/False",
+    ),
+    "uid_quoted": (
+        lambda ns: set_all(ns, dnas_uid="2000"),
+        "pi1: dnas_uid: `'2000'` is not a whole number",
+    ),
+    "iptables_legacy_int": (
+        lambda ns: set_all(ns, base_iptables_legacy=1),
+        "pi1: base_iptables_legacy: `1` is not one of 'auto', True, False",
+    ),
+    "vrrp_secret_int": (
+        lambda ns: set_all(ns, keepalived_auth_pass=12345678),
+        "pi1: keepalived_auth_pass: `12345678` is not a string",
+    ),
+    "samba_password_int": (
+        lambda ns: set_all(ns, samba_users={"alice": 12345678}),
+        "pi1: samba_users: password of `alice` is not a string",
+    ),
+    "mount_options_blank": (
+        lambda ns: set_all(ns, dnas_mount_options="defaults, noatime"),
+        "pi1: dnas_mount_options: `'defaults, noatime'` is not a list of mount options",
+    ),
+    "sudo_quoted": (
+        lambda ns: set_all(ns, _sudo="yes"),
+        "pi1: _sudo: `'yes'` is not True/False",
+    ),
+    # Keys starting with _ are pyinfra's global arguments: a misspelt one is ignored by pyinfra.
+    "pyinfra_argument_typo": (
+        lambda ns: set_all(ns, _sudo=None, _sduo=True),
+        "pi1: _sduo: unknown key (not a pyinfra global argument). Fix: did you mean `_sudo`?",
+    ),
+    "pyinfra_argument_unknown": (
+        lambda ns: set_host(ns, "pi2", _flux=1),
+        "pi2: _flux: unknown key (not a pyinfra global argument). Fix: remove it (pyinfra's arguments are _chdir,",
+    ),
+    "non_root_without_sudo": (
+        lambda ns: set_host(ns, "pi3", _sudo=False),
+        "pi3: ssh_user: `pi` is not root and _sudo is not True (the deploys install packages and write /etc). Fix: add \"_sudo\": True",
+    ),
+    # Groups: pyinfra makes any list of hosts a group; homecloud knows three.
+    "unknown_group_typo": (
+        lambda ns: ns.update(k3s_server=ns.pop("k3s_servers")),
+        "inventory: k3s_server: a list of hosts is a pyinfra group, but `k3s_server` is not a homecloud group (its hosts get no role). Fix: did you mean `k3s_servers`?",
+    ),
+    "unknown_group_dnas_nodes": (
+        lambda ns: ns.update(dnas_nodes=ns.pop("dnas")),
+        "inventory: dnas_nodes: a list of hosts is a pyinfra group, but `dnas_nodes` is not a homecloud group (its hosts get no role). Fix: did you mean `dnas`?",
+    ),
+    "unknown_group_no_hint": (
+        lambda ns: ns.update(boards=["pi1"]),
+        "inventory: boards: a list of hosts is a pyinfra group, but `boards` is not a homecloud group (its hosts get no role). Fix: use k3s_servers, k3s_agents, dnas",
+    ),
+    "data_inline_on_all": (
+        lambda ns: ns.update(all=(["pi1", "pi2", "pi3", "pi4"], {"vip": "192.168.1.240", "ssh_user": "pi"})),
+        "all: vip: set on the inventory's `all` group, where pyinfra lets group_data/all.py override it (with None). Fix: give cluster values to each host, as inventories/pi.py does",
+    ),
+    # Misspelt host names and groups: the message names that cause, not what follows from it.
+    "dnas_host_typo": (
+        lambda ns: ns.update(dnas=["pi1", "pi5"]),
+        "pi5: inventory: listed in dnas by name only, and no group gives it data (not even an address). Fix: did you mean",
+    ),
+    "dnas_host_case": (
+        lambda ns: ns.update(dnas=["pi1", "Pi2"]),
+        "Pi2: inventory: listed in dnas by name only, and no group gives it data (not even an address). Fix: did you mean `pi2`?",
+    ),
+    "keepalived_group_empty": (
+        lambda ns: (set_all(ns, keepalived_group="dnas"), ns.update(dnas=[])),
+        "inventory: keepalived_group: group `dnas` has no hosts",
+    ),
+    "keepalived_group_typo": (
+        lambda ns: set_all(ns, keepalived_group="k3s_server"),
+        "pi1: keepalived_group: `'k3s_server'` is not one of 'k3s_servers', 'k3s_agents', 'dnas'",
+    ),
+    "samba_valid_user_typo": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "data", "path": "data", "valid_users": ["alcie"]}]),
+        "pi1: samba_shares: share `data` names user `alcie` who is not in samba_users. Fix: did you mean `alice`? If not, add alcie",
+    ),
+    "syncthing_device_folder_typo": (
+        lambda ns: set_all(ns, syncthing_devices=[{"name": "phone", "id": "ABCDEFG-HIJKLMN-OPQRSTU-VWXYZ23-4567ABC-DEFGHIJ-KLMNOPQ-RSTUVWX", "folders": ["homecloud-dat"]}]),
+        "pi1: syncthing_devices: device `phone` gets unknown folder `homecloud-dat`. Fix: did you mean `homecloud-data`?",
+    ),
+    # Syncthing keeps each node's keys in dnas_path/.config: never shared.
+    "syncthing_folder_root": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "all", "path": "."}]),
+        "pi1: syncthing_folders: path `.` is dnas_path itself: syncing it shares dnas_path/.config, where each node keeps its own Syncthing keys",
+    ),
+    "syncthing_folder_empty_path": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "all", "path": "./"}]),
+        "pi1: syncthing_folders: path `./` is dnas_path itself",
+    ),
+    "syncthing_folder_in_config": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "cfg", "path": "data/../.config"}]),
+        "pi1: syncthing_folders: path `'data/../.config'` must be relative to dnas_path and stay inside it",
+    ),
+    "syncthing_folder_config": (
+        lambda ns: set_all(ns, syncthing_folders=[{"id": "cfg", "path": ".config/syncthing"}]),
+        "pi1: syncthing_folders: path `.config/syncthing` lies in dnas_path/.config, where each node keeps its own Syncthing keys",
+    ),
+    "samba_share_config": (
+        lambda ns: set_all(ns, samba_shares=[{"name": "cfg", "path": ".config", "valid_users": ["alice"]}]),
+        "pi1: samba_shares: path `.config` lies in dnas_path/.config",
+    ),
+    # Stable device paths: /dev/disk/by-id/... is accepted, /dev/sdX still is not.
+    "longhorn_bare_device": (
+        lambda ns: set_host(ns, "pi4", longhorn_device="/dev/sdb"),
+        "pi4: longhorn_device: `/dev/sdb` may name another disk after a reboot. Fix: use UUID=... or LABEL=... (see `blkid`), or /dev/disk/by-id/...",
+    ),
 }
 
 
@@ -310,6 +494,92 @@ def test_bad_inventory_is_refused_with_a_clear_message(case):
         assert ": " in error and "Fix: " in error, error
 
 
+def test_stable_device_paths_pass():
+    namespace = good_inventory()
+    set_host(namespace, "pi1", dnas_device="/dev/disk/by-id/usb-SanDisk_Extreme_1234-0:0-part1")
+    set_host(namespace, "pi4", longhorn_device="/dev/disk/by-id/ata-Samsung_SSD_870_S5Y1NX0R-part1")
+    assert errors_of(namespace) == []
+
+
+def test_agent_outside_the_vip_subnet_passes():
+    """Agents never hold the VIP (keepalived_group is k3s_servers): they reach it routed."""
+    namespace = set_host(good_inventory(), "pi4", ssh_hostname="192.168.2.14", node_ip="192.168.2.14")
+    assert errors_of(namespace) == []
+    # A server outside it is still refused: it would hold a VIP its interface cannot answer.
+    set_host(namespace, "pi3", ssh_hostname="192.168.2.13", node_ip="192.168.2.13")
+    assert [e for e in errors_of(namespace) if "vip" in e] == [
+        "pi3: vip: `192.168.1.240` is outside the node's subnet 192.168.2.0/24. Fix: pick a free address inside 192.168.2.0/24 (or fix network_prefix)"
+    ]
+
+
+def test_misspelt_host_is_reported_as_such_only():
+    namespace = good_inventory()
+    namespace["dnas"] = ["pi1", "pi22"]
+    assert errors_of(namespace) == [
+        "pi22: inventory: listed in dnas by name only, and no group gives it data (not even an address). "
+        "Fix: did you mean `pi2`? Write a host's name the same way in every group"
+    ]
+
+
+def test_one_message_for_one_mistake():
+    """A value of the wrong type is reported once, not again by the checks that need the type."""
+    namespace = good_inventory()
+    namespace["k3s_agents"][0] = ("pi4", "192.168.1.14")
+    assert errors_of(namespace) == [
+        "pi4: inventory: its data in group `k3s_agents` is `'192.168.1.14'`, not a dict. "
+        'Fix: write the host as ("pi4", {"ssh_hostname": ..., "node_ip": ...})'
+    ]
+    namespace = set_host(good_inventory(), "pi4", node_ip=14)
+    assert errors_of(namespace) == ["pi4: node_ip: `14` is not a string. Fix: write node_ip as a string (see group_data/all.py)"]
+    namespace = set_all(good_inventory(), samba_users=["alice"])
+    assert {e.split(": ", 1)[1] for e in errors_of(namespace)} == {
+        "samba_users: `['alice']` is not a dict. Fix: write samba_users as a dict (see group_data/all.py)"
+    }
+
+
+def test_group_data_file_for_an_unknown_group(tmp_path):
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "k3s_server.py").write_text("k3s_ready_timeout = 900\n")
+    (tmp_path / "group_data" / "nas.py").write_text("dnas_path = '/srv/nas'\n")
+    (tmp_path / "group_data" / "monitoring.py").write_text("dnas_path = '/srv/www'\n")
+    specs, errors = hosts_from_inventory_namespace(good_inventory(), str(tmp_path / "home.py"))
+    assert errors == [
+        f"inventory: {tmp_path}/group_data/k3s_server.py: there is no group `k3s_server` (pyinfra never uses this data). "
+        "Fix: did you mean k3s_servers.py?",
+        f"inventory: {tmp_path}/group_data/monitoring.py: there is no group `monitoring` (pyinfra never uses this data). "
+        "Fix: remove it, or rename it to a group: all, k3s_servers, k3s_agents, dnas, home",
+        f"inventory: {tmp_path}/group_data/nas.py: there is no group `nas` (pyinfra never uses this data). "
+        "Fix: did you mean dnas.py?",
+    ]
+
+
+def test_group_data_file_of_the_inventory_file_group_applies(tmp_path):
+    """pyinfra puts every host of inventories/home.py in a group `home`: its group_data counts."""
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "home.py").write_text("k3s_ready_timeout = 900\n")
+    (tmp_path / "group_data" / "dnas.py").write_text("dnas_path = '/srv/nas'\n")
+    specs, errors = hosts_from_inventory_namespace(good_inventory(), str(tmp_path / "home.py"))
+    assert errors == [] and validate(specs) == []
+    assert {s.name: (s.data["k3s_ready_timeout"], s.data["dnas_path"]) for s in specs} == {
+        "pi1": (900, "/srv/nas"),
+        "pi2": (900, "/srv/nas"),
+        "pi3": (900, "/srv/dnas"),
+        "pi4": (900, "/srv/dnas"),
+    }
+
+
+def test_pyinfra_arguments_and_root_login_pass():
+    namespace = set_all(good_inventory(), ssh_user="root", _sudo=None)
+    set_host(namespace, "pi1", ssh_user="pi", _sudo=True, _sudo_user="root", _env={"LANG": "C"})
+    assert errors_of(namespace) == []
+
+
+def test_sudo_from_the_command_line_counts_for_a_non_root_user():
+    specs, _ = hosts_from_inventory_namespace(set_all(good_inventory(), _sudo=None))
+    assert any("is not root and _sudo is not True" in e for e in validate(specs))
+    assert validate(specs, sudo=True) == []
+
+
 def test_check_inventory_raises_one_error_listing_all_problems():
     namespace = good_inventory()
     set_host(namespace, "pi1", k3s_verison="x")
@@ -320,6 +590,14 @@ def test_check_inventory_raises_one_error_listing_all_problems():
     assert "nothing was changed on any host" in message
     assert "k3s_verison: unknown key" in message
     assert "keepalived_router_id: `0` is outside 1-255" in message
+
+
+def test_every_default_has_a_declared_kind_it_fits():
+    """DATA_KINDS drives the type checks: a key added to group_data/all.py needs its kind there."""
+    defaults = load_defaults()
+    assert sorted(set(defaults) - set(DATA_KINDS)) == []
+    misfits = {key: kind_problem(key, value, DATA_KINDS[key]) for key, value in defaults.items()}
+    assert {key: problem for key, problem in misfits.items() if problem} == {}
 
 
 def test_group_data_defaults_are_documented():
@@ -391,3 +669,82 @@ def test_cli_example_inventory_fails_fast_with_a_connection_error():
     assert "Connecting to hosts" in output, output
     assert "problem(s)" not in output, output
     assert "No hosts remaining" in output or "Could not connect" in output or "Connection refused" in output, output
+
+
+def test_cli_data_override_is_checked_before_connecting():
+    """--data is applied after the inventory file ran: group_data/all.py checks it, still before connecting."""
+    result = _pyinfra(
+        "--dry",
+        "--data",
+        "ssh_hostname=127.0.0.1",
+        "--data",
+        "ssh_port=1",
+        "--data",
+        "keepalived_router_id=300",
+        "--data",
+        "samba_shares=[{\"name\": \"pub\", \"path\": \"pub\", \"guest_ok\": \"no\", \"read_only\": true}]",
+        "inventories/pi.py",
+        "deploys/all.py",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "pi1: keepalived_router_id: `300` is outside 1-255" in output, output
+    assert "pi1: samba_shares: share `pub`: guest_ok `'no'` is not True/False" in output, output
+    assert "Connecting to hosts" not in output, output
+
+
+def test_cli_inventory_without_check_inventory_fails_before_connecting(tmp_path):
+    """An inventory that does not call check_inventory() is checked all the same, before connecting."""
+    source = (REPO / "inventories" / "pi.py").read_text()
+    assert "\ncheck_inventory(globals(), __file__)\n" in source
+    broken = source.replace("\ncheck_inventory(globals(), __file__)\n", "\n").replace('"vip": "192.168.1.240"', '"vip": "10.9.9.9"')
+    broken = broken.replace('dnas = ["pi1", "pi2"]', 'dnas = ["pi1", "pi2"]\ndnas_nodes = ["pi3"]')
+    path = tmp_path / "home.py"
+    path.write_text(broken)
+    result = _pyinfra("--dry", str(path), "deploys/all.py")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "pi1: vip: `10.9.9.9` is outside the node's subnet 192.168.1.0/24" in output, output
+    assert "inventory: dnas_nodes: a list of hosts is a pyinfra group, but `dnas_nodes` is not a homecloud group" in output, output
+    assert "Connecting to hosts" not in output, output
+
+
+def test_check_state_reports_a_misspelt_host_and_data_overrides(tmp_path, monkeypatch):
+    """The check the deploys run (after connecting): same rules on the data pyinfra merged."""
+    from pyinfra.api import Config, State
+    from pyinfra.context import ctx_state
+    from pyinfra_cli.inventory import make_inventory
+
+    from homecloud.model import check_state
+
+    source = (REPO / "inventories" / "pi.py").read_text().replace("\ncheck_inventory(globals(), __file__)\n", "\n")
+    path = tmp_path / "home.py"
+    path.write_text(source.replace('dnas = ["pi1", "pi2"]', 'dnas = ["pi1", "pi02"]'))
+    monkeypatch.chdir(REPO)
+    state = State()
+    with ctx_state.use(state):
+        inventory = make_inventory(str(path), cwd=str(REPO), override_data={"keepalived_priority": "high"})
+        state.init(inventory, Config())
+        with pytest.raises(InventoryError) as info:
+            check_state(state)
+    message = str(info.value)
+    assert "pi02: inventory: listed in dnas by name only, and no group gives it data (not even an address). Fix: did you mean `pi2`?" in message
+    assert "pi1: keepalived_priority: `'high'` is not a whole number" in message
+    assert "node_ip" not in message
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"vip": "192.168.1.240\n"}, {"auth_pass": "Vq8kZr2\n"}, {"interface": "eth0\n"}, {"script_user": "keepalived_script\n"}],
+)
+def test_operations_match_whole_values_too(changed):
+    """The operations re-check what they write with model.py's patterns, on the whole value."""
+    from pyinfra.api import OperationError
+
+    from operations.keepalived import render_config
+
+    args = {"vip": "192.168.1.240", "prefix": 24, "interface": "eth0", "router_id": 51, "priority": 100}
+    args.update(auth_pass="Vq8kZr2p", node_name="pi1", script_user="keepalived_script")
+    assert "192.168.1.240" in render_config(**args)
+    with pytest.raises(OperationError):
+        render_config(**{**args, **changed})
