@@ -26,7 +26,7 @@ from facts.k3s import KUBECONFIG_PATH as K3S_YAML
 from facts.k3s import K3S_DATA_DIR, LOCAL_STORAGE, K3sFile, K3sKubeconfig, K3sLeftovers, K3sNodes, K3sService, K3sToken
 from homecloud import k3s_config
 from homecloud.kubeconfig import KubeconfigError, merge, unmerge
-from operations.node import upload_private
+from operations.system import upload_private
 
 BIN_PATH = "/usr/local/bin/k3s"
 IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"

@@ -19,8 +19,8 @@ from pyinfra.api.util import get_file_sha1
 from pyinfra.operations.util import files as file_utils
 
 from facts.keepalived import STATE_FILE
-from facts.node import FileStates
-from operations.node import put_texts, upload_private
+from facts.system import FileStates
+from operations.system import put_texts, upload_private
 
 INSTANCE = "homecloud_vip"
 CHECK = "homecloud_check"

@@ -1,5 +1,5 @@
 """
-Samba on a dnas node: Unix accounts, Samba users and the shares of the dnas data folder.
+Samba on a dnas node: Samba users and the shares of the dnas data folder.
 
 The shares live in one managed include file (default `/etc/samba/homecloud.conf`); the
 distribution's smb.conf is kept and only gets an `include =` line at its end (after a backup
@@ -26,9 +26,9 @@ from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, StringCo
 from pyinfra.facts.files import FileContents
 from pyinfra.operations.util import files as file_utils
 
-from facts.samba import SambaUsers, UnixAccount
-
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+from facts.samba import SambaUsers
+from operations.system import ACCOUNT_RE as USER_RE
+from operations.system import account
 SHARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 HEADER = "# Managed by homecloud (operations/samba.py): edits here are overwritten."
 
@@ -91,87 +91,6 @@ def nt_fingerprint(user: str, password: str) -> str:
 
 def _unmask(value: str | HiddenValue) -> str:
     return value.unmask() if isinstance(value, HiddenValue) else str(value)
-
-
-# --- Unix accounts ---------------------------------------------------------------------------
-
-
-@operation()
-def account(
-    user: str,
-    group: str | None = None,
-    uid: int | None = None,
-    gid: int | None = None,
-    home: str = "/nonexistent",
-    shell: str = "/usr/sbin/nologin",
-    present: bool = True,
-):
-    """
-    Create a Unix account without login shell or home when it is absent; leave an existing one
-    as it is (it may be a real person's login), but refuse one whose uid/gid differs from the
-    fixed ids asked for (files would change hands).
-
-    + user: the account name
-    + group: its primary group (default: a group named like the user), created when absent
-    + uid: fixed user id (None: the next free one)
-    + gid: fixed group id (None: the next free one)
-    + home: home directory written in passwd (not created)
-    + shell: login shell (default: no login)
-    + present: False removes the account (not its files, not its group)
-
-    **Example:**
-
-    .. code:: python
-
-        samba.account(user="dnas", uid=2000, gid=2000, home="/srv/dnas")
-    """
-    if not USER_RE.match(user):
-        raise OperationError(f"`{user}` is not a valid user name")
-    group = group or user
-    if not USER_RE.match(group):
-        raise OperationError(f"`{group}` is not a valid group name")
-
-    current = host.get_fact(UnixAccount, user=user, group=group)
-    existing_user = current["user"]
-    existing_group = current["group"]
-
-    if not present:
-        if existing_user:
-            yield StringCommand("userdel", shlex.quote(user))
-        else:
-            host.noop(f"user {user} is absent")
-        return
-
-    if existing_user:
-        if uid is not None and existing_user["uid"] != uid:
-            raise OperationError(
-                f"user {user} exists with uid {existing_user['uid']}, not {uid}: change it by hand "
-                f"(usermod -u {uid} {user}, then chown its files) or set the uid to {existing_user['uid']}"
-            )
-        if gid is not None and existing_group and existing_group["gid"] != gid:
-            raise OperationError(
-                f"group {group} exists with gid {existing_group['gid']}, not {gid}: change it by hand "
-                f"or set the gid to {existing_group['gid']}"
-            )
-        host.noop(f"user {user} exists (left as it is)")
-        return
-
-    if existing_group is None:
-        args = ["groupadd"]
-        if gid is not None:
-            args += ["--gid", str(gid)]
-        yield StringCommand(*args, shlex.quote(group))
-    elif gid is not None and existing_group["gid"] != gid:
-        raise OperationError(
-            f"group {group} exists with gid {existing_group['gid']}, not {gid}: change it by hand "
-            f"or set the gid to {existing_group['gid']}"
-        )
-
-    args = ["useradd", "--no-create-home", "--home-dir", shlex.quote(home), "--shell", shlex.quote(shell)]
-    args += ["--gid", shlex.quote(group)]
-    if uid is not None:
-        args += ["--uid", str(uid)]
-    yield StringCommand(*args, shlex.quote(user))
 
 
 # --- Samba users ------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCo
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from facts.node import FileStates
+from facts.system import FileStates
 from facts.storage import BlockDevice, MountPoint, device_link
-from operations.node import put_texts
+from operations.system import put_texts
 
 UNIT_DIR = "/etc/systemd/system"
 

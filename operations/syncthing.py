@@ -22,9 +22,9 @@ from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
-from facts.node import FileStates
+from facts.system import FileStates
 from facts.syncthing import API_CLIENT, DeviceId, Node
-from operations.node import put_texts, unit_states, upload_private
+from operations.system import put_texts, unit_states, upload_private
 
 CLIENT_PATH = "/usr/local/lib/homecloud/syncthing-api"
 KEYRING = "/etc/apt/keyrings/syncthing-archive-keyring.gpg"
