@@ -14,12 +14,11 @@ fact.
 from __future__ import annotations
 
 import json
-import shlex
 import warnings
 from io import StringIO
 
 from pyinfra import host, state
-from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import HiddenValue, OperationError, QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
 from facts.system import FileStates

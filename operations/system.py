@@ -1,7 +1,9 @@
 """
 Generic system operations every layer uses: Debian packages, systemd services, system and
-service accounts, files that hold a text, and the helpers operations compose to write files
-(``upload_private``, ``put_texts``).
+service accounts (the dnas owner too), files that hold a text; and the file-writing helpers
+every operation composes with ``yield from``: ``write_file`` / ``replace_file`` (candidate,
+check, backup, atomic rename), ``put_texts`` (several files from one fact read),
+``backup_command``, ``move_aside``, ``restore_latest_backup``, ``upload_private``.
 
 Every operation decides from facts read on the node (facts/system.py); a second run changes
 nothing.
@@ -9,6 +11,7 @@ nothing.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 import shlex
@@ -18,6 +21,7 @@ from pyinfra import host
 from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
 from pyinfra.api.util import get_file_sha1
 from pyinfra.operations.apt import noninteractive_apt
+from pyinfra.operations.util import files as file_utils
 
 from facts.system import DebStatus, FileStates, UnitStates, UnixAccount
 
@@ -45,40 +49,191 @@ def upload_private(content: str, dest: str, mode: str = "600"):
     yield StringCommand("rm", "-f", QuoteString(temp), _sudo=False)
 
 
+# --- Writing files ----------------------------------------------------------------------------
+#
+# Every file homecloud writes goes through write_file / replace_file: a candidate next to the
+# destination, an optional check of the candidate, a backup of what it replaces, an atomic
+# rename into place. Backups are named <path>.<yymmddHHMM> (pyinfra's timestamp), mode 0600;
+# a second backup in the same minute pushes the first one to <path>.<yymmddHHMM>.~1~ (GNU
+# --backup=numbered), so no backup is ever overwritten.
+
+CANDIDATE_SUFFIX = ".homecloud-new"
+# The backup names move_aside / backup_command give, for a shell glob + grep -E of the suffix.
+BACKUP_SUFFIX_ERE = r"\.[0-9]{10}$"
+
+
+def backup_name(path: str) -> str:
+    """Where a backup of `path` made now goes: ``<path>.<yymmddHHMM>``."""
+    return f"{path}.{file_utils.get_timestamp()}"
+
+
+def backup_command(path: str) -> StringCommand:
+    """
+    Copy `path` (its content, through a symlink) to ``<path>.<timestamp>`` with its owner and
+    times, then make the copy 0600 (the file may hold a password). An earlier copy of the same
+    name is renamed to ``.~N~``, never overwritten.
+    """
+    backup = backup_name(path)
+    return StringCommand(
+        "cp", "-pL", "--backup=numbered", QuoteString(path), QuoteString(backup), "&&", "chmod", "600", QuoteString(backup)
+    )
+
+
+def move_aside(path: str) -> StringCommand:
+    """Rename `path` to ``<path>.<timestamp>`` (0600) instead of deleting it: it may hold edits made by hand."""
+    backup = backup_name(path)
+    return StringCommand(
+        "mv", "-f", "--backup=numbered", QuoteString(path), QuoteString(backup), "&&", "chmod", "600", QuoteString(backup)
+    )
+
+
+def restore_latest_backup(path: str, mode: str = "644") -> StringCommand:
+    """
+    Shell that moves the newest ``<path>.<timestamp>`` backup back to `path` with `mode` (a
+    ``<path>.homecloud.bak`` of older homecloud versions when there is no such backup), and
+    exits 0 when it restored one, 1 when there is none.
+    """
+    q = shlex.quote(path)
+    return StringCommand(
+        f"b=$(ls -1d {q}.[0-9]* 2>/dev/null | grep -E {shlex.quote(BACKUP_SUFFIX_ERE)} | sort | tail -n 1); "
+        f'if [ -z "$b" ] && [ -e {q}.homecloud.bak ]; then b={q}.homecloud.bak; fi; '
+        f'[ -n "$b" ] && mv -f "$b" {q} && chmod {mode} {q}'
+    )
+
+
+def check_command(check: str, target: str, dest: str, check_name: str | None = None) -> StringCommand:
+    """
+    Shell that runs `check` (``{}`` stands for `target`, quoted) and, when it fails, stops the
+    operation with a message that `dest` was not changed.
+    """
+    if "{}" not in check:
+        raise OperationError(f"check `{check}` must contain {{}} where the candidate file goes")
+    label = check_name or check.split()[0]
+    kept = f" (the rejected file is {target})" if target != dest else ""
+    return StringCommand(
+        "(",
+        check.replace("{}", shlex.quote(target)),
+        ") || { echo",
+        QuoteString(f"homecloud: {label} rejected the new {dest}; {dest} was not changed{kept}"),
+        ">&2; exit 1; }",
+    )
+
+
+def replace_file(
+    dest: str,
+    text: str,
+    exists: bool,
+    mode: str = "644",
+    user: str = "root",
+    group: str = "root",
+    check: str | None = None,
+    check_name: str | None = None,
+    backup: bool = False,
+    secret: bool = False,
+):
+    """
+    Commands that replace `dest` with `text`, whatever it holds now (the caller decided that
+    it differs): the text is written to ``<dest>.homecloud-new`` (the folder is created when
+    `dest` does not exist), `check` runs on it (a shell command, ``{}`` is the candidate, e.g.
+    ``keepalived -t -f {}``, ``testparm -s {}``, ``sshd -t -f {}``; when it fails the operation
+    fails, `dest` is untouched and the candidate is left to read), the file it replaces is
+    copied to ``<dest>.<timestamp>`` (mode 0600) when `backup` and `exists`, and the candidate,
+    with its mode and owner, is renamed over `dest` (atomic: a reader sees the old or the new
+    file, never a part).
+
+    + secret: the text is a secret: the candidate is 0600 before any byte is written, and so is
+      pyinfra's temporary upload file (see ``upload_private``); `mode` must give nothing to group
+      and others
+    """
+    if secret and int(mode, 8) & 0o077:
+        raise OperationError(f"{dest} holds a secret: mode {mode} would let others read it")
+    candidate = dest + CANDIDATE_SUFFIX
+    if not exists:
+        yield StringCommand("mkdir", "-p", QuoteString(posixpath.dirname(dest) or "/"))
+    if secret:
+        yield from upload_private(text, candidate, "600")
+    else:
+        yield FileUploadCommand(StringIO(text), candidate, remote_temp_filename=host.get_temp_filename(candidate))
+    if check:
+        yield check_command(check, candidate, dest, check_name)
+    if backup and exists:
+        yield backup_command(dest)
+    yield StringCommand(
+        "chown", QuoteString(f"{user}:{group}"), QuoteString(candidate),
+        "&&", "chmod", mode, QuoteString(candidate),
+        "&&", "mv", "-f", QuoteString(candidate), QuoteString(dest),
+    )
+
+
+def _sha(text: str, current: dict) -> tuple[str, str]:
+    if "sha1" in current:
+        return current["sha1"], get_file_sha1(StringIO(text))
+    return current["sha256"], hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def write_file(
+    dest: str,
+    text: str,
+    current: dict | None,
+    mode: str = "644",
+    user: str = "root",
+    group: str = "root",
+    check: str | None = None,
+    check_name: str | None = None,
+    backup: bool = False,
+    secret: bool = False,
+):
+    """
+    Commands that make `dest` hold `text` with `mode` and owner, decided from `current`: the
+    file's ``system.FileStates`` entry (or a ``k3s.K3sFile`` one: sha256 and mode, the owner
+    is then not compared), None when it does not exist. Different content: ``replace_file``
+    (candidate, check, backup, rename); same content: only ``chown`` / ``chmod`` where they
+    differ (no backup: nothing of the content is lost); nothing when all is as wanted. Returns
+    (``changed = yield from write_file(...)``) whether it yielded a command.
+
+    + backup: keep the replaced file as ``<dest>.<timestamp>`` (0600): for files a user or the
+      distribution may have written; not needed for files homecloud owns and regenerates
+    + secret: see ``replace_file``
+    """
+    if current is None or len(set(_sha(text, current))) == 2:
+        yield from replace_file(dest, text, current is not None, mode, user, group, check, check_name, backup, secret)
+        return True
+    changed = False
+    if "user" in current and (current["user"], current["group"]) != (user, group):
+        yield StringCommand("chown", QuoteString(f"{user}:{group}"), QuoteString(dest))
+        changed = True
+    if int(current["mode"], 8) != int(mode, 8):
+        yield StringCommand("chmod", mode, QuoteString(dest))
+        changed = True
+    return changed
+
+
 def put_texts(wanted: list[dict], states: dict | None = None) -> dict[str, list]:
     """
-    The commands that make each file hold its text with its mode and owner, by path ([] for a
-    file that is as wanted), decided from ONE ``system.FileStates`` read for all of them
-    (pyinfra's ``files.put`` reads three facts per file: the file, its folder, its sha1).
+    ``write_file`` for several files, decided from ONE ``system.FileStates`` read for all of
+    them (pyinfra's ``files.put`` reads three facts per file: the file, its folder, its sha1):
+    the commands by path ([] for a file that is as wanted).
 
-    + wanted: ``[{"dest": path, "text": str, "mode": "644", "user": "root", "group": "root"}]``
-      (mode, user and group optional: 644, root, root); a missing folder is created
+    + wanted: ``[{"dest": path, "text": str, "mode": "644", "user": "root", "group": "root",
+      "backup": False}]`` (all but dest and text optional); a missing folder is created
     + states: the ``system.FileStates`` of these paths when the operation read it already
     """
     if states is None:
         states = host.get_fact(FileStates, paths=[f["dest"] for f in wanted])
-    commands: dict[str, list] = {}
-    for f in wanted:
-        dest, text = f["dest"], f["text"]
-        mode, user, group = f.get("mode", "644"), f.get("user", "root"), f.get("group", "root")
-        current = states.get(dest)
-        owner = StringCommand("chown", QuoteString(f"{user}:{group}"), QuoteString(dest))
-        chmod = StringCommand("chmod", mode, QuoteString(dest))
-        todo = commands[dest] = []
-        if current is None or current["sha1"] != get_file_sha1(StringIO(text)):
-            if current is None:
-                todo.append(StringCommand("mkdir -p", QuoteString(posixpath.dirname(dest))))
-            todo += [
-                FileUploadCommand(StringIO(text), dest, remote_temp_filename=host.get_temp_filename(dest)),
-                owner,
-                chmod,
-            ]
-            continue
-        if (current["user"], current["group"]) != (user, group):
-            todo.append(owner)
-        if int(current["mode"], 8) != int(mode, 8):
-            todo.append(chmod)
-    return commands
+    return {
+        f["dest"]: list(
+            write_file(
+                f["dest"],
+                f["text"],
+                states.get(f["dest"]),
+                mode=f.get("mode", "644"),
+                user=f.get("user", "root"),
+                group=f.get("group", "root"),
+                backup=f.get("backup", False),
+            )
+        )
+        for f in wanted
+    }
 
 
 def apt_install(packages: list[str], cache_time: int) -> list:
@@ -245,17 +400,35 @@ def services(services: list[str], running: bool = True, enabled: bool = True):
 
 
 @operation()
-def text_file(path: str, text: str, mode: str = "644", user: str = "root", group: str = "root", present: bool = True):
+def text_file(
+    path: str,
+    text: str,
+    mode: str = "644",
+    user: str = "root",
+    group: str = "root",
+    check: str | None = None,
+    backup: bool = False,
+    secret: bool = False,
+    present: bool = True,
+):
     """
     A file that holds exactly a text, with its mode and owner (one fact read; pyinfra's
-    ``files.put`` reads three).
+    ``files.put`` reads three), written through ``write_file``: a candidate next to it, the
+    check, a backup, an atomic rename.
 
     + path: the file (its folder is created when missing)
     + text: what it holds
     + mode: its mode (octal, as a string)
     + user: its owner
     + group: its group
-    + present: False removes it
+    + check: a command that must accept the candidate before it replaces the file, ``{}``
+      standing for the candidate (e.g. ``sshd -t -f {}``); when it fails, the file is untouched
+      and the operation fails
+    + backup: keep the file it replaces as ``<path>.<timestamp>`` (mode 0600): True for a file
+      the distribution or a user wrote; False (default) for a file homecloud owns and regenerates
+    + secret: the text is a secret: no copy of it is ever readable by others (mode must be 0600
+      or stricter)
+    + present: False removes it (moved to ``<path>.<timestamp>`` when backup is True)
 
     **Example:**
 
@@ -269,15 +442,17 @@ def text_file(path: str, text: str, mode: str = "644", user: str = "root", group
     """
     if not path.startswith("/"):
         raise OperationError(f"{path!r} is not an absolute path")
+    current = host.get_fact(FileStates, paths=[path]).get(path)
     if not present:
-        if host.get_fact(FileStates, paths=[path]).get(path):
-            yield StringCommand("rm -f", QuoteString(path))
+        if current:
+            yield move_aside(path) if backup else StringCommand("rm -f", QuoteString(path))
         else:
             host.noop(f"{path} does not exist")
         return
-    commands = put_texts([{"dest": path, "text": text, "mode": mode, "user": user, "group": group}])[path]
-    yield from commands
-    if not commands:
+    changed = yield from write_file(
+        path, text, current, mode=mode, user=user, group=group, check=check, backup=backup, secret=secret
+    )
+    if not changed:
         host.noop(f"{path} is up to date")
 
 
