@@ -19,16 +19,14 @@ import hashlib
 import re
 import shlex
 import struct
-from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, StringCommand, operation
+from pyinfra.api import HiddenValue, OperationError, StringCommand, operation
 from pyinfra.facts.files import FileContents
-from pyinfra.operations.util import files as file_utils
 
 from facts.samba import SambaUsers
 from operations.system import ACCOUNT_RE as USER_RE
-from operations.system import account
+from operations.system import account, backup_command, check_command, move_aside, replace_file
 SHARE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,79}$")
 HEADER = "# Managed by homecloud (operations/samba.py): edits here are overwritten."
 
@@ -214,19 +212,17 @@ def _include_pattern(include: str) -> str:
     return f"^[[:space:]]*include[[:space:]]*=[[:space:]]*{_ere_escape(include)}[[:space:]]*$"
 
 
-def _testparm_candidate(smb_conf: str, include: str, candidate: str, drop_candidate: bool) -> str:
+def _testparm_check(smb_conf: str, include: str) -> str:
     """
-    Shell: build the candidate smb.conf (the live one without our include line, plus an
-    include of `candidate` at the end) in a temporary file and check it with testparm.
+    Check (``{}``: the include file to test) for ``system.write_file``: the live smb.conf
+    without our include line, plus an include of ``{}`` at the end, in a temporary file that
+    testparm checks; testparm's complaints go to stderr.
     """
-    pattern = _include_pattern(include)
-    on_fail = f"rm -f {shlex.quote(candidate)}; " if drop_candidate else ""
     return (
-        'tmp=$(mktemp) && { grep -v -E ' + shlex.quote(pattern) + " " + shlex.quote(smb_conf)
-        + "; printf '\\ninclude = %s\\n' " + shlex.quote(candidate) + '; } > "$tmp" && '
+        "tmp=$(mktemp) && { grep -v -E " + shlex.quote(_include_pattern(include)) + " " + shlex.quote(smb_conf)
+        + "; printf '\\ninclude = %s\\n' {}; } > \"$tmp\" && "
         'if testparm -s "$tmp" > /dev/null 2> "$tmp.err"; then rm -f "$tmp" "$tmp.err"; '
-        'else cat "$tmp.err" >&2; rm -f "$tmp" "$tmp.err"; ' + on_fail
-        + "echo 'testparm refused the new Samba configuration' >&2; exit 1; fi"
+        'else cat "$tmp.err" >&2; rm -f "$tmp" "$tmp.err"; false; fi'
     )
 
 
@@ -242,10 +238,13 @@ def config(
     present: bool = True,
 ):
     """
-    Serve shares through a managed include file of smb.conf. The candidate configuration is
-    checked with ``testparm -s`` before it replaces the live one; smb.conf is copied to
-    ``smb.conf.<timestamp>`` before its include line is added or removed, and a replaced include
-    file to ``<include>.<timestamp>``. Reload Samba when this operation changed something.
+    Serve shares through a managed include file of smb.conf. The candidate include file
+    (``<include>.homecloud-new``) is checked with ``testparm -s`` (in a copy of smb.conf that
+    includes it) before it replaces the live one; when testparm refuses it the operation fails
+    and nothing live changes. Backups (``system.backup_command``: ``<path>.<timestamp>``, mode
+    0600, never overwritten): smb.conf, the distribution's file, before its include line is
+    added or removed; the include file when it is replaced (homecloud writes it, but a user may
+    have edited shares in it by hand). Reload Samba when this operation changed something.
 
     + shares: list of {name, path (absolute), read_only, valid_users, guest_ok}
     + users: every Samba user (the valid users of a share whose valid_users is empty)
@@ -276,21 +275,20 @@ def config(
         smb_lines = []
     included = any(include_re.match(line) for line in smb_lines)
     current = host.get_fact(FileContents, path=include)
-    backup = f"{smb_conf}.{file_utils.get_timestamp()}"
 
     if not present:
         if not included and current is None:
             host.noop("Samba shares of homecloud are absent")
             return
         if included:
+            yield backup_command(smb_conf)
             yield (
-                f"cp -p {shlex.quote(smb_conf)} {shlex.quote(backup)} && tmp=$(mktemp) && "
-                f"grep -v -E {shlex.quote(_include_pattern(include))} {shlex.quote(smb_conf)} > \"$tmp\"; "
+                f"tmp=$(mktemp) && grep -v -E {shlex.quote(_include_pattern(include))} {shlex.quote(smb_conf)} > \"$tmp\"; "
                 f"cat \"$tmp\" > {shlex.quote(smb_conf)} && rm -f \"$tmp\""
             )
         if current is not None:
             # Moved aside, not deleted: it may hold edits made by hand.
-            yield f"mv -f {shlex.quote(include)} {shlex.quote(include + '.' + file_utils.get_timestamp())}"
+            yield move_aside(include)
         return
 
     names = set()
@@ -314,28 +312,21 @@ def config(
         raise OperationError(f"workgroup `{workgroup}` is invalid (1-15 letters, digits, ._-)")
 
     wanted = render_shares(shares, users, force_user, force_group, workgroup)
-    candidate = f"{include}.candidate"
+    check = _testparm_check(smb_conf, include)
+    up_to_date = current is not None and _normalized(current) == _normalized(wanted.splitlines())
 
-    if current is None or _normalized(current) != _normalized(wanted.splitlines()):
-        yield FileUploadCommand(
-            StringIO(wanted.rstrip("\n") + "\n"),
-            candidate,
-            remote_temp_filename=host.get_temp_filename(candidate),
+    if not up_to_date:
+        # Our file, but a user may have edited the shares by hand: the replaced one is kept.
+        yield from replace_file(
+            include, wanted.rstrip("\n") + "\n", current is not None, check=check, check_name="testparm", backup=True
         )
-        yield _testparm_candidate(smb_conf, include, candidate, drop_candidate=True)
-        if current is not None:
-            # Edits made by hand to the managed file are kept in a copy, never just lost.
-            yield f"cp -p {shlex.quote(include)} {shlex.quote(include + '.' + file_utils.get_timestamp())}"
-        yield f"chmod 644 {shlex.quote(candidate)} && mv -f {shlex.quote(candidate)} {shlex.quote(include)}"
     elif not included:
-        yield _testparm_candidate(smb_conf, include, include, drop_candidate=False)
+        yield check_command(check, include, smb_conf, "testparm")
 
     if not included:
-        yield (
-            f"cp -p {shlex.quote(smb_conf)} {shlex.quote(backup)} && "
-            f"sed -i -e '$a\\' {shlex.quote(smb_conf)} && "
-            f"printf 'include = %s\\n' {shlex.quote(include)} >> {shlex.quote(smb_conf)}"
-        )
+        # The distribution's smb.conf (and the user's edits) is kept; only our line is appended.
+        yield backup_command(smb_conf)
+        yield f"sed -i -e '$a\\' {shlex.quote(smb_conf)} && printf 'include = %s\\n' {shlex.quote(include)} >> {shlex.quote(smb_conf)}"
 
-    if current is not None and included and _normalized(current) == _normalized(wanted.splitlines()):
+    if up_to_date and included:
         host.noop("Samba shares are up to date")
