@@ -5,12 +5,11 @@ works with k3s.
 
 Every operation decides from facts read on the node (facts/base.py and pyinfra's own); a
 second run changes nothing. Files the user may have edited (/etc/hosts, /etc/fstab,
-zram-generator.conf) get a ``.homecloud.bak`` copy before homecloud changes them.
+zram-generator.conf) are backed up (``<path>.<timestamp>``, mode 0600, see
+``system.backup_command``) before homecloud changes them; /etc/hostname is not.
 """
 
 from __future__ import annotations
-
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import OperationError, QuoteString, StringCommand, operation
@@ -28,7 +27,8 @@ from facts.base import (
     SysctlValues,
     TimeSync,
 )
-from operations.system import apt_install, put_texts
+from facts.system import FileStates
+from operations.system import apt_install, backup_command, put_texts, replace_file, restore_latest_backup
 
 HOSTS_BEGIN = "# BEGIN homecloud nodes (managed by homecloud: edits inside this block are replaced)"
 HOSTS_END = "# END homecloud nodes"
@@ -38,11 +38,6 @@ ENABLED_STATES = ("enabled", "enabled-runtime", "generated", "linked", "linked-r
 
 # k3s docs: iptables 1.8.0 - 1.8.4 with the nf_tables backend has bugs (duplicate rules).
 BUGGY_NFT_IPTABLES = ((1, 8, 0), (1, 8, 4))
-
-
-def _backup(path: str) -> StringCommand:
-    """Copy `path` to `path.homecloud.bak` (keeps owner, mode and times) before a change."""
-    return StringCommand("cp", "-a", QuoteString(path), QuoteString(f"{path}.homecloud.bak"))
 
 
 def _strip_block(lines: list[str]) -> tuple[list[str], int | None]:
@@ -80,7 +75,8 @@ def hosts(
 
     Lines outside the block are kept as they are, except a Debian-style ``127.0.1.1`` line
     that does not name the host, which is pointed at the new host name (sudo and other tools
-    resolve the own name through it). The hosts file is copied to ``<path>.homecloud.bak`` before it changes.
+    resolve the own name through it). The hosts file is kept as a backup (``<path>.<timestamp>``,
+    mode 0600) before it changes; the new one replaces it with an atomic rename.
 
     **Example:**
 
@@ -105,12 +101,14 @@ def hosts(
         if current_name != hostname:
             yield StringCommand("hostname", QuoteString(hostname))
             changed = True
-        name_file = host.get_fact(FileContents, path=hostname_file) or []
-        if [line.strip() for line in name_file if line.strip()] != [hostname]:
-            yield from files.put._inner(src=StringIO(f"{hostname}\n"), dest=hostname_file, force=True, create_remote_dir=False)
+        name_file = host.get_fact(FileContents, path=hostname_file)
+        if [line.strip() for line in name_file or [] if line.strip()] != [hostname]:
+            # Only the name is in it, and the name is homecloud's to set: no backup.
+            yield from replace_file(hostname_file, f"{hostname}\n", name_file is not None)
             changed = True
 
-    lines = list(host.get_fact(FileContents, path=path) or [])
+    hosts_file = host.get_fact(FileContents, path=path)
+    lines = list(hosts_file or [])
     new_lines, at = _strip_block(lines)
     if present:
         for index, line in enumerate(new_lines):
@@ -129,9 +127,8 @@ def hosts(
             new_lines.pop()
 
     if new_lines != lines:
-        if lines:
-            yield _backup(path)
-        yield from files.put._inner(src=StringIO("\n".join(new_lines) + "\n"), dest=path, force=True, create_remote_dir=False)
+        # The distribution's file with the user's lines: kept as a backup.
+        yield from replace_file(path, "\n".join(new_lines) + "\n", hosts_file is not None, backup=True)
         changed = True
 
     if not changed:
@@ -152,7 +149,7 @@ def swap_off(present: bool = True, fstab: str = "/etc/fstab"):
     + fstab: the fstab file
 
     Handles swap lines in fstab (commented out with a ``#homecloud-swap-off#`` prefix, the file
-    copied to ``<fstab>.homecloud.bak`` first), dphys-swapfile (Raspberry Pi OS), zram-tools
+    backed up to ``<fstab>.<timestamp>`` first), dphys-swapfile (Raspberry Pi OS), zram-tools
     (zramswap) and systemd's zram-generator (an /etc/systemd/zram-generator.conf without
     devices). ``swapoff -a`` runs only when swap is active.
 
@@ -179,23 +176,21 @@ def swap_off(present: bool = True, fstab: str = "/etc/fstab"):
                 yield StringCommand("systemctl", "stop", f"{unit}.service")
                 changed = True
         if generator["installed"] and not generator["disabled"]:
-            yield StringCommand(
-                f"if [ -e {ZRAM_GENERATOR_CONF} ]; then cp -a {ZRAM_GENERATOR_CONF} {ZRAM_GENERATOR_CONF}.homecloud.bak; fi"
-            )
-            yield from files.put._inner(
-                src=StringIO(
-                    "# homecloud: no zram swap devices (the kubelet refuses swap).\n"
-                    f"# The previous file, if any, is {ZRAM_GENERATOR_CONF}.homecloud.bak\n"
-                ),
-                dest=ZRAM_GENERATOR_CONF,
-                force=True,
-                create_remote_dir=False,
+            # The distribution's or the user's file: kept as a backup, put back by present=False.
+            current = host.get_fact(FileStates, paths=[ZRAM_GENERATOR_CONF]).get(ZRAM_GENERATOR_CONF)
+            yield from replace_file(
+                ZRAM_GENERATOR_CONF,
+                "# homecloud: no zram swap devices (the kubelet refuses swap).\n"
+                f"# The previous file, if any, is kept as {ZRAM_GENERATOR_CONF}.<yymmddHHMM>.\n",
+                current is not None,
+                backup=True,
             )
             changed = True
         if swap["fstab"]:
+            yield backup_command(fstab)
             yield StringCommand(
                 "sed",
-                "-i.homecloud.bak",
+                "-i",
                 "-E",
                 QuoteString(
                     r"s/^([[:space:]]*[^#[:space:]][^[:space:]]*[[:space:]]+[^[:space:]]+[[:space:]]+swap([[:space:]].*)?)$/"
@@ -219,15 +214,20 @@ def swap_off(present: bool = True, fstab: str = "/etc/fstab"):
             yield StringCommand("systemctl", "enable", "--now", f"{unit}.service")
             changed = True
     if generator["installed"] and generator["disabled"]:
+        # The newest backup is the file swap_off replaced; without one, homecloud's file goes.
         yield StringCommand(
-            f"if [ -e {ZRAM_GENERATOR_CONF}.homecloud.bak ]; then mv -f {ZRAM_GENERATOR_CONF}.homecloud.bak "
-            f"{ZRAM_GENERATOR_CONF}; elif grep -qs '^# homecloud: no zram' {ZRAM_GENERATOR_CONF}; then rm -f {ZRAM_GENERATOR_CONF}; fi"
+            "if ! {",
+            restore_latest_backup(ZRAM_GENERATOR_CONF),
+            "; }; then if grep -qs '^# homecloud: no zram'",
+            ZRAM_GENERATOR_CONF,
+            "; then rm -f",
+            ZRAM_GENERATOR_CONF,
+            "; fi; fi",
         )
         changed = True
     if swap["fstab_off"]:
-        yield StringCommand(
-            "sed", "-i.homecloud.bak", QuoteString(f"s/^{FSTAB_SWAP_OFF_MARK}//"), QuoteString(fstab)
-        )
+        yield backup_command(fstab)
+        yield StringCommand("sed", "-i", QuoteString(f"s/^{FSTAB_SWAP_OFF_MARK}//"), QuoteString(fstab))
         yield "systemctl daemon-reload"
         yield "swapon -a"
         changed = True
