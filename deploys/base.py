@@ -19,7 +19,7 @@ from pyinfra import host, state
 
 from homecloud.cluster import address, cluster_nodes
 from homecloud.model import check_state, is_ip
-from operations import node, raspberrypi
+from operations import base, raspberrypi
 
 check_state(state)
 
@@ -30,29 +30,29 @@ if data.get("base_manage_hostname", True):
     # the /etc/hosts block is written for the nodes that have names.
     names = {h.name: address(h) for h in cluster_nodes(state) if not is_ip(h.name)}
     if not is_ip(host.name):
-        node.hosts(
+        base.hosts(
             name="Host name and cluster nodes in /etc/hosts",
             hostname=host.name,
             nodes=names,
         )
 
 if data.get("base_disable_swap", True):
-    node.swap_off(name="Swap off now and at boot")
+    base.swap_off(name="Swap off now and at boot")
 
 if data.get("base_time_sync", True):
-    node.time_sync(name="Clock in sync (systemd-timesyncd)")
+    base.time_sync(name="Clock in sync (systemd-timesyncd)")
 
 modules = list(data.get("base_kernel_modules") or [])
 if modules:
-    node.kernel_modules(name="Kernel modules for k3s", modules=modules)
+    base.kernel_modules(name="Kernel modules for k3s", modules=modules)
 
 sysctls = dict(data.get("base_sysctls") or {})
 if sysctls:
-    node.sysctls(name="sysctls for k3s", values={str(k): str(v) for k, v in sysctls.items()})
+    base.sysctls(name="sysctls for k3s", values={str(k): str(v) for k, v in sysctls.items()})
 
 legacy = data.get("base_iptables_legacy", "auto")
 if legacy is not False:
-    node.iptables_legacy(
+    base.iptables_legacy(
         name="iptables backend k3s works with",
         auto=(legacy == "auto"),
     )

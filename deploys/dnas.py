@@ -36,7 +36,7 @@ from pyinfra.api import HiddenValue  # noqa: E402
 from pyinfra.operations import files  # noqa: E402
 
 from homecloud.cluster import address, group_hosts  # noqa: E402
-from operations import node, samba, storage, syncthing  # noqa: E402
+from operations import storage, syncthing, system  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 data = host.data
@@ -85,7 +85,7 @@ if "dnas" in host.groups:
     # The same operation deploys/samba.py and deploys/nfs.py use: created when absent with the
     # fixed ids, an existing account with other ids is refused (files would change hands). Its
     # home is the data folder: Syncthing keeps its config and index there, on the data disk.
-    samba.account(
+    system.account(
         name=f"dnas owner {dnas_user} (uid {data.get('dnas_uid')}, created only if absent)",
         user=dnas_user,
         uid=data.get("dnas_uid"),
@@ -104,12 +104,12 @@ if "dnas" in host.groups:
     if syncthing_on:
         from_syncthing = data.get("syncthing_source", "debian") == "syncthing"
         if from_syncthing:
-            node.packages(name="Tools to fetch Syncthing's apt key", packages=["curl", "ca-certificates"])
+            system.packages(name="Tools to fetch Syncthing's apt key", packages=["curl", "ca-certificates"])
         syncthing.repository(
             name="Syncthing's own apt repository" if from_syncthing else "No Syncthing apt repository (Debian's package)",
             present=from_syncthing,
         )
-        node.packages(name="Install Syncthing", packages=["syncthing", "python3"])
+        system.packages(name="Install Syncthing", packages=["syncthing", "python3"])
         folders = [
             {
                 "id": folder["id"],

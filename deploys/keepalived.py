@@ -23,7 +23,7 @@ from pyinfra.api import HiddenValue
 
 from homecloud.cluster import address, group_hosts, vrrp_priority
 from homecloud.model import check_state
-from operations import keepalived, node
+from operations import keepalived, system
 
 check_state(state)
 
@@ -33,11 +33,11 @@ SCRIPT_USER = "keepalived_script"
 members = group_hosts(state, data.get("keepalived_group", "k3s_servers"))
 
 if data.get("keepalived_enabled", True) and host in members:
-    node.packages(
+    system.packages(
         name="Install keepalived (and curl for the default health check)",
         packages=["keepalived", "curl"],
     )
-    node.system_user(
+    system.system_user(
         name=f"User {SCRIPT_USER} that runs keepalived's scripts",
         user=SCRIPT_USER,
         shell="/usr/sbin/nologin",
@@ -61,4 +61,4 @@ if data.get("keepalived_enabled", True) and host in members:
         notify_script=data.get("keepalived_notify_script"),
         script_user=SCRIPT_USER,
     )
-    node.services(name="keepalived enabled and running", services=["keepalived.service"])
+    system.services(name="keepalived enabled and running", services=["keepalived.service"])

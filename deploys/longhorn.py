@@ -21,7 +21,7 @@ from facts.k3s import K3sArch
 from facts.longhorn import COMMANDS, MODULES, PACKAGES
 from homecloud.cluster import group_hosts
 from homecloud.model import check_state
-from operations import longhorn, node, storage
+from operations import longhorn, storage, system
 
 check_state(state)
 
@@ -36,7 +36,7 @@ if host in k3s_nodes and host.data.get("longhorn_enabled"):
             "prerequisites are skipped (set longhorn_enabled = False for it to silence this)."
         )
     else:
-        node.packages(
+        system.packages(
             name="Longhorn host packages (open-iscsi, NFSv4 client, cryptsetup, dmsetup, tools)",
             # curl, util-linux (findmnt, blkid, lsblk), gawk/mawk, grep and bash for the commands
             # Longhorn runs on the host: COMMANDS in facts/longhorn.py.

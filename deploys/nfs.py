@@ -20,7 +20,7 @@ from posixpath import join, normpath  # noqa: E402
 
 from pyinfra.operations import files, systemd  # noqa: E402
 
-from operations import nfs, node, samba  # noqa: E402
+from operations import nfs, system  # noqa: E402
 
 GANESHA_STOP_WAIT = """\
 # Managed by homecloud (deploys/nfs.py): wait until ganesha.nfsd has exited before a restart
@@ -49,7 +49,7 @@ if "dnas" in host.groups:
     prepared = host.data.get("dnas_prepared_folders")
 
     if enabled and prepared is None:
-        samba.account(
+        system.account(
             name=f"dnas owner {dnas_user} (created only if absent)",
             user=dnas_user,
             uid=uid,
@@ -67,16 +67,16 @@ if "dnas" in host.groups:
 
     if enabled and backend == "kernel":
         # The other backend would hold port 2049: stop it if it is there.
-        node.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
-        node.packages(name="Install the kernel NFS server", packages=["nfs-kernel-server"])
+        system.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
+        system.packages(name="Install the kernel NFS server", packages=["nfs-kernel-server"])
         nfs.kernel_exports(name="NFS exports (kernel server)", exports=exports, anonuid=uid, anongid=gid)
-        node.services(name="Kernel NFS server is running", services=["nfs-server"])
+        system.services(name="Kernel NFS server is running", services=["nfs-server"])
 
     elif enabled and backend == "ganesha":
         # The other backend would hold port 2049: stop it and drop its exports if it is there.
-        node.services(name="Kernel NFS server is off", services=["nfs-server"], running=False, enabled=False)
+        system.services(name="Kernel NFS server is off", services=["nfs-server"], running=False, enabled=False)
         nfs.kernel_exports(name="No kernel NFS exports", exports=[], anonuid=uid, anongid=gid, present=False)
-        node.packages(name="Install nfs-ganesha", packages=["nfs-ganesha", "nfs-ganesha-vfs", "rpcbind", "dbus"])
+        system.packages(name="Install nfs-ganesha", packages=["nfs-ganesha", "nfs-ganesha-vfs", "rpcbind", "dbus"])
         ganesha = nfs.ganesha_config(
             name="nfs-ganesha configuration",
             exports=exports,
@@ -86,13 +86,13 @@ if "dnas" in host.groups:
         # The unit stops ganesha with an asynchronous D-Bus call: a restart could start the new
         # server while the old one still holds port 2049 and, exiting, unregisters the new one
         # from rpcbind. Make "stop" wait until the old process is gone (at most ~30 s).
-        stop_wait = node.text_file(
+        stop_wait = system.text_file(
             name="nfs-ganesha: stop waits for the server to exit",
             path="/etc/systemd/system/nfs-ganesha.service.d/homecloud-stop-wait.conf",
             text=GANESHA_STOP_WAIT,
         )
         systemd.daemon_reload(name="systemd reloads nfs-ganesha's unit", _if=stop_wait.did_change)
-        node.services(name="rpcbind (NFSv3) and nfs-ganesha are running", services=["rpcbind", "nfs-ganesha"])
+        system.services(name="rpcbind (NFSv3) and nfs-ganesha are running", services=["rpcbind", "nfs-ganesha"])
         systemd.service(
             name="Restart nfs-ganesha (configuration changed)",
             service="nfs-ganesha",
@@ -103,4 +103,4 @@ if "dnas" in host.groups:
     else:
         # NFS turned off: nothing is exported any more (the data stays).
         nfs.kernel_exports(name="homecloud NFS exports removed", exports=[], anonuid=uid, anongid=gid, present=False)
-        node.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
+        system.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)

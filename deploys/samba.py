@@ -20,7 +20,7 @@ from posixpath import join, normpath  # noqa: E402
 from pyinfra.api import HiddenValue  # noqa: E402
 from pyinfra.operations import files, systemd  # noqa: E402
 
-from operations import node, samba  # noqa: E402
+from operations import samba, system  # noqa: E402
 
 if "dnas" in host.groups:
     dnas_path = host.data.get("dnas_path")
@@ -41,10 +41,10 @@ if "dnas" in host.groups:
     prepared = host.data.get("dnas_prepared_folders")
 
     if host.data.get("samba_enabled"):
-        node.packages(name="Install Samba", packages=["samba"])
+        system.packages(name="Install Samba", packages=["samba"])
 
         if prepared is None:
-            samba.account(
+            system.account(
                 name=f"dnas owner {dnas_user} (created only if absent)",
                 user=dnas_user,
                 uid=host.data.get("dnas_uid"),
@@ -76,7 +76,7 @@ if "dnas" in host.groups:
             workgroup=host.data.get("samba_workgroup", "WORKGROUP"),
         )
 
-        node.services(name="Samba is running", services=["smbd"])
+        system.services(name="Samba is running", services=["smbd"])
 
         systemd.service(
             name="Reload Samba (configuration changed)",

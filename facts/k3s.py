@@ -10,11 +10,26 @@ import shlex
 
 from pyinfra.api import FactBase
 
-from homecloud.k3s_binary import arch_from_machine
-
 K3S_DATA_DIR = "/var/lib/rancher/k3s"
 TOKEN_PATH = f"{K3S_DATA_DIR}/server/token"
 KUBECONFIG_PATH = "/etc/rancher/k3s/k3s.yaml"
+MACHINE_ARCH = {
+    "x86_64": "amd64",
+    "amd64": "amd64",
+    "aarch64": "arm64",
+    "arm64": "arm64",
+    "armv7l": "armhf",
+    "armv7": "armhf",
+    "armhf": "armhf",
+    "arm": "armhf",
+}
+
+
+def arch_from_machine(machine: str | None) -> str | None:
+    """Map `uname -m` / `dpkg --print-architecture` output to amd64, arm64 or armhf."""
+    if not machine:
+        return None
+    return MACHINE_ARCH.get(machine.strip().lower())
 
 
 class K3sArch(FactBase):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from pyinfra.api import FactBase, QuoteString, StringCommand
+from pyinfra.api import FactBase
 
 SECTION_RE = re.compile(r"^\[(?P<name>[^\]]+)\]\s*$")
 KEY_RE = re.compile(r"^\s+(?P<key>[^=]+?)\s*=\s?(?P<value>.*)$")
@@ -107,48 +107,3 @@ class SambaShares(FactBase):
                 sections[current][match.group("key").strip()] = match.group("value").strip()
         sections.pop("global", None)
         return sections
-
-
-class UnixAccount(FactBase):
-    """
-    A Unix user and a group by name (`getent`): each None when absent.
-
-    .. code:: python
-
-        {
-            "user": {"uid": 2000, "gid": 2000, "home": "/srv/dnas", "shell": "/usr/sbin/nologin"},
-            "group": {"gid": 2000},
-        }
-    """
-
-    def default(self):
-        return {"user": None, "group": None}
-
-    def command(self, user, group):
-        return StringCommand(
-            "echo user:; getent passwd",
-            QuoteString(user),
-            "|| true; echo group:; getent group",
-            QuoteString(group),
-            "|| true",
-        )
-
-    def process(self, output):
-        result = self.default()
-        section = None
-        for line in output:
-            line = line.strip()
-            if line in ("user:", "group:"):
-                section = line[:-1]
-                continue
-            fields = line.split(":")
-            if section == "user" and len(fields) >= 7:
-                result["user"] = {
-                    "uid": int(fields[2]),
-                    "gid": int(fields[3]),
-                    "home": fields[5],
-                    "shell": fields[6],
-                }
-            elif section == "group" and len(fields) >= 3:
-                result["group"] = {"gid": int(fields[2])}
-        return result

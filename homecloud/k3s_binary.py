@@ -33,20 +33,13 @@ from typing import Callable
 
 from pyinfra.api.exceptions import PyinfraError
 
+# The node side maps `uname -m` (fact k3s.K3sArch); the controller uses the same table.
+from facts.k3s import MACHINE_ARCH, arch_from_machine  # noqa: F401
+
 RELEASES_URL = "https://github.com/k3s-io/k3s/releases/download"
 BINARY_NAME = {"amd64": "k3s", "arm64": "k3s-arm64", "armhf": "k3s-armhf"}
 RELEASE_ARCH = {"amd64": "amd64", "arm64": "arm64", "armhf": "arm"}
 IMAGE_SUFFIXES = (".tar.zst", ".tar.gz", ".tar")
-MACHINE_ARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "armhf",
-    "armv7": "armhf",
-    "armhf": "armhf",
-    "arm": "armhf",
-}
 
 
 class K3sSourceError(PyinfraError):
@@ -64,13 +57,6 @@ def source_help(version: str) -> str:
         f'  - or k3s_install="off" to skip the k3s layer.\n'
         f"Nothing was changed on any host."
     )
-
-
-def arch_from_machine(machine: str | None) -> str | None:
-    """Map `uname -m` / `dpkg --print-architecture` output to amd64, arm64 or armhf."""
-    if not machine:
-        return None
-    return MACHINE_ARCH.get(machine.strip().lower())
 
 
 def checksum_names(arch: str) -> list[str]:

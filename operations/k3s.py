@@ -14,19 +14,17 @@ import hashlib
 import os
 import posixpath
 import shlex
-from io import StringIO
 from typing import Any
 
 from pyinfra import host, state
-from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, OperationError, StringCommand, operation
+from pyinfra.api import FileUploadCommand, FunctionCommand, HiddenValue, OperationError, operation
 from pyinfra.api.util import get_file_io
-from pyinfra.operations.util import files as file_utils
 
 from facts.k3s import KUBECONFIG_PATH as K3S_YAML
 from facts.k3s import K3S_DATA_DIR, LOCAL_STORAGE, K3sFile, K3sKubeconfig, K3sLeftovers, K3sNodes, K3sService, K3sToken
 from homecloud import k3s_config
 from homecloud.kubeconfig import KubeconfigError, merge, unmerge
-from operations.node import upload_private
+from operations.system import write_file
 
 BIN_PATH = "/usr/local/bin/k3s"
 IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
@@ -38,22 +36,6 @@ def unit_name(role: str) -> str:
     if role not in ("server", "agent"):
         raise OperationError(f"role must be 'server' or 'agent', not {role!r}")
     return "k3s" if role == "server" else "k3s-agent"
-
-
-def _put_private(content: str, dest: str, mode: str = "600", backup: bool = False):
-    """
-    Upload `content` to `dest` so that no byte of it is ever in a file others can read: the
-    destination and the connector's temporary file (used with sudo) are made 0600 first, and
-    an upload into an existing file keeps its mode. ``backup``: copy the old file to
-    ``<dest>.<timestamp>`` first (same owner, mode `mode`; a new name each time, so an earlier
-    copy, e.g. a hand-written original, is never overwritten).
-    """
-    q_dest = shlex.quote(dest)
-    if backup:
-        q_backup = shlex.quote(dest + "." + file_utils.get_timestamp())
-        yield f"cp -a --backup=numbered {q_dest} {q_backup} && chmod {mode} {q_backup}"
-    yield from upload_private(content, dest, mode)
-    yield f"chown root:root {q_dest} && chmod {mode} {q_dest}"
 
 
 def _sha256_text(text: str) -> str:
@@ -233,21 +215,11 @@ def config(
     except k3s_config.K3sConfigError as e:
         raise OperationError(f"k3s config for {node_name}: {e}") from None
 
-    changed = False
-    wanted = [(path, text, current)]
+    # Both hold secrets (the join token; registry credentials): 0600 from the first byte. A file
+    # that is there with other content (hand-edited, or from another installer) is kept as a backup.
+    changed = yield from write_file(path, text, current, mode="600", backup=True, secret=True)
     if reg_text is not None:
-        wanted.append((reg_path, reg_text, current_reg))
-    for dest, content, fact in wanted:
-        if fact and fact["sha256"] == _sha256_text(content):
-            if fact["mode"] != "600":
-                yield f"chmod 600 {dest}"
-                changed = True
-            continue
-        if not changed:
-            yield "install -d -m 755 /etc/rancher /etc/rancher/k3s"
-        # A file that is there with other content (hand-edited, or from another installer) is kept.
-        yield from _put_private(content, dest, backup=fact is not None)
-        changed = True
+        changed = (yield from write_file(reg_path, reg_text, current_reg, mode="600", backup=True, secret=True)) or changed
     if not changed:
         host.noop("k3s config is up to date")
 
@@ -347,9 +319,8 @@ def unit(role: str, present: bool = True):
         return
     text = _unit_text(role)
     changed = False
-    if not current or current["sha256"] != _sha256_text(text) or current["mode"] != "644":
-        yield FileUploadCommand(StringIO(text), path, remote_temp_filename=host.get_temp_filename(path))
-        yield f"chmod 644 {path}"
+    # homecloud's own unit, regenerated from the role: no backup.
+    if (yield from write_file(path, text, current, mode="644")):
         yield "systemctl daemon-reload"
         changed = True
     if not status["enabled"]:

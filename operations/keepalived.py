@@ -11,17 +11,17 @@ working one.
 from __future__ import annotations
 
 import re
+import shlex
 from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import HiddenValue, OperationError, operation
 from pyinfra.api.util import get_file_sha1
-from pyinfra.operations.util import files as file_utils
 
 from facts.keepalived import STATE_FILE
-from facts.node import FileStates
+from facts.system import FileStates
 from homecloud.model import INTERFACE_RE as IFACE_RE, KEEPALIVED_PASS_RE as AUTH_PASS_RE, UNIX_USER_RE
-from operations.node import put_texts, upload_private
+from operations.system import move_aside, put_texts, write_file
 
 INSTANCE = "homecloud_vip"
 CHECK = "homecloud_check"
@@ -30,6 +30,16 @@ CONFIG = "/etc/keepalived/keepalived.conf"
 # The local k3s API answers TLS on 6443; anonymous requests get 401. Without --fail curl exits
 # 0 for any HTTP answer (401 included) and non-zero when nothing answers (7) or TLS fails (35).
 DEFAULT_CHECK = "/usr/bin/curl -sk -o /dev/null --max-time 2 https://127.0.0.1:6443/"
+# keepalived -t on the candidate ({}). keepalived 2.2.7 (Debian 12, Raspberry Pi OS bookworm)
+# kills its own config test with SIGTERM (exit 143) as soon as it checks a script that runs as
+# a non-root user (upstream fix aae8e91, in 2.2.8). Only then the test is repeated on a 0600
+# copy whose scripts run as root: everything else of the candidate (syntax, values, scripts
+# present and safe) is still checked.
+CONFIG_CHECK = (
+    "keepalived -t -f {} || { [ $? = 143 ] && (umask 077; sed "
+    + shlex.quote(r"s/^\([[:space:]]*script_user\)[[:space:]].*/\1 root/")
+    + " {} > {}.test) && keepalived -t -f {}.test; rc=$?; rm -f {}.test; exit $rc; }"
+)
 
 IPV4_RE = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
 
@@ -216,8 +226,7 @@ def vip(
     if not present:
         if remote:
             yield "systemctl disable --now keepalived.service"
-            # A new name each time: an earlier copy (e.g. the hand-written original) is never overwritten.
-            yield StringCommand("mv", "-f", "--backup=numbered", QuoteString(path), QuoteString(f"{path}.{file_utils.get_timestamp()}"))
+            yield move_aside(path)
         else:
             host.noop(f"{path} does not exist")
         return
@@ -239,53 +248,18 @@ def vip(
         script_user=script_user,
     )
 
-    # The state recorder must exist before keepalived -t looks at the scripts.
-    yield from put_texts([{"dest": NOTIFY_HELPER, "text": NOTIFY_HELPER_CONTENT, "mode": "755"}], states=states)[NOTIFY_HELPER]
-
-    if remote and remote["sha1"] == get_file_sha1(StringIO(config)):
-        if int(remote["mode"], 8) != 0o600 or remote["user"] != "root" or remote["group"] != "root":
-            yield StringCommand("chown", "root:root", QuoteString(path))
-            yield StringCommand("chmod", "600", QuoteString(path))
-        else:
-            host.noop(f"{path} is up to date")
-        return
-
-    candidate = f"{path}.homecloud-new"
-    # The config holds the VRRP password: no copy of it may be readable by others, not even
-    # for a moment (the candidate is root's: keepalived refuses a config others can write).
-    yield from upload_private(config, candidate)
-    # keepalived -t before the candidate replaces anything. keepalived 2.2.7 (Debian 12,
-    # Raspberry Pi OS bookworm) kills its own config test with SIGTERM (exit 143) as soon as it
-    # checks a script that runs as a non-root user (upstream fix aae8e91, in 2.2.8). Only then
-    # the test is repeated on a 0600 copy whose scripts run as root: everything else of the
-    # candidate (syntax, values, scripts present and safe) is still checked.
-    test_copy = f"{candidate}.test"
-    yield StringCommand(
-        "rc=0; keepalived -t -f",
-        QuoteString(candidate),
-        '|| rc=$?; if [ "$rc" = 143 ]; then rc=0; (umask 077; sed',
-        QuoteString(r"s/^\([[:space:]]*script_user\)[[:space:]].*/\1 root/"),
-        QuoteString(candidate),
-        ">",
-        QuoteString(test_copy),
-        ") && keepalived -t -f",
-        QuoteString(test_copy),
-        "|| rc=$?; rm -f",
-        QuoteString(test_copy),
-        '; fi; if [ "$rc" != 0 ]; then echo',
-        QuoteString(
-            f"homecloud: keepalived rejected the new configuration; {path} was not changed "
-            f"(the rejected file is {candidate})"
-        ),
-        ">&2; exit 1; fi",
+    # The state recorder must exist before keepalived -t looks at the scripts. homecloud owns
+    # it and regenerates it: no backup.
+    helper = put_texts([{"dest": NOTIFY_HELPER, "text": NOTIFY_HELPER_CONTENT, "mode": "755"}], states=states)[NOTIFY_HELPER]
+    yield from helper
+    # The config holds the VRRP password (secret: no readable copy at any moment; root's 0600:
+    # keepalived refuses a config others can write). The file it replaces (the distribution's
+    # sample, or one edited by hand) is kept as a 0600 backup.
+    content_changed = remote is None or remote["sha1"] != get_file_sha1(StringIO(config))
+    changed = yield from write_file(
+        path, config, remote, mode="600", check=CONFIG_CHECK, check_name="keepalived", backup=True, secret=True
     )
-    if remote:
-        # The live file is replaced as a whole: keep it under a new name each time (a fixed name
-        # would overwrite the hand-written original with homecloud's own file on the next change;
-        # a copy made in the same minute is renamed to .~N~, not overwritten), 0600 whatever its
-        # mode was (it may hold a password).
-        backup = f"{path}.{file_utils.get_timestamp()}"
-        yield StringCommand("cp", "-a", "--backup=numbered", QuoteString(path), QuoteString(backup), "&&", "chmod", "600", QuoteString(backup))
-    yield StringCommand("mv", "-f", QuoteString(candidate), QuoteString(path))
-    if reload:
+    if reload and content_changed:
         yield "systemctl reload-or-restart keepalived.service"
+    if not helper and not changed:
+        host.noop(f"{path} is up to date")

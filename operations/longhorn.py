@@ -6,13 +6,14 @@ preflight check that fails with the list of what is still missing.
 
 from __future__ import annotations
 
+import re
 import shlex
-from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, StringCommand, operation
+from pyinfra.api import OperationError, StringCommand, operation
 
 from facts.longhorn import BLACKLIST_DEVNODE, MULTIPATH_CONF, LonghornIscsid, LonghornModules, LonghornMultipath, LonghornPreflight
+from operations.system import replace_file
 
 MODULES_CONF = "/etc/modules-load.d/longhorn.conf"
 
@@ -52,8 +53,8 @@ def modules(modules: list[str], conf: str = MODULES_CONF, present: bool = True):
         text = "# Kernel modules Longhorn needs (written by homecloud, deploys/longhorn.py).\n" + "".join(
             f"{m}\n" for m in modules
         )
-        yield FileUploadCommand(StringIO(text), conf, remote_temp_filename=host.get_temp_filename(conf))
-        yield f"chmod 644 {shlex.quote(conf)}"
+        # homecloud's own file, regenerated from the list: no backup.
+        yield from replace_file(conf, text, persisted is not None)
         changed = True
     if not changed:
         missing = [m for m in modules if state.get(m) == "missing"]
@@ -99,19 +100,38 @@ def iscsid(present: bool = True):
             host.noop("iscsid is enabled; this kernel has no iSCSI, so it cannot run (the preflight reports it)")
 
 
+BLACKLIST_SECTION_RE = re.compile(r"^\s*blacklist\s*\{")
+HOMECLOUD_LINE_RE = re.compile(r"devnode .*# Longhorn \(homecloud\)$")
+
+
 def _blacklisted(conf: list[str] | None) -> bool:
     return bool(conf) and any(BLACKLIST_DEVNODE in line and "devnode" in line for line in conf)
+
+
+def blacklist_conf(conf: list[str] | None, line: str, present: bool = True) -> list[str]:
+    """
+    The lines of multipath.conf with `line` in its blacklist section (in the first one; a
+    section is added at the end when there is none), or without homecloud's line (present=False).
+    """
+    conf = list(conf or [])
+    if not present:
+        return [c for c in conf if not HOMECLOUD_LINE_RE.search(c)]
+    for index, current in enumerate(conf):
+        if BLACKLIST_SECTION_RE.match(current):
+            return conf[: index + 1] + [line] + conf[index + 1 :]
+    return conf + ([""] if conf else []) + ["blacklist {", line, "}"]
 
 
 @operation()
 def multipath(present: bool = True):
     """
     Keep multipathd away from Longhorn's devices: where multipath-tools is installed, add
-    ``devnode "^sd[a-z0-9]+"`` to the blacklist in /etc/multipath.conf (Longhorn KB), after a
-    ``.homecloud.bak`` copy of the file, and restart multipathd if it runs. Nothing happens
-    where multipathd is not installed.
+    ``devnode "^sd[a-z0-9]+"`` to the blacklist in /etc/multipath.conf (Longhorn KB) and restart
+    multipathd if it runs. Nothing happens where multipathd is not installed. The file may be
+    the distribution's or the user's: the one replaced is kept as a backup
+    (``/etc/multipath.conf.<timestamp>``, mode 0600); the new one is renamed into place.
 
-    + present: False removes the line homecloud added (the backup stays)
+    + present: False removes the line homecloud added (after a backup too)
 
     **Example:**
 
@@ -126,34 +146,14 @@ def multipath(present: bool = True):
         if not conf or line.strip() not in [c.strip() for c in conf]:
             host.noop("no homecloud blacklist line in /etc/multipath.conf")
             return
-        yield f"cp -a {MULTIPATH_CONF} {MULTIPATH_CONF}.homecloud.bak"
-        yield StringCommand("sed", "-i", shlex.quote(f"/devnode .*# Longhorn (homecloud)$/d"), MULTIPATH_CONF)
-        if info["active"]:
-            yield "systemctl restart multipathd.service"
-        return
-    if not info["installed"]:
+    elif not info["installed"]:
         host.noop("multipathd is not installed")
         return
-    if _blacklisted(conf):
+    elif _blacklisted(conf):
         host.noop("multipathd already blacklists Longhorn's devices")
         return
-    if conf is None:
-        yield StringCommand(
-            "printf", shlex.quote("%s\\n"), shlex.quote("blacklist {"), shlex.quote(line), shlex.quote("}"),
-            ">", MULTIPATH_CONF,
-        )
-    else:
-        yield f"cp -a {MULTIPATH_CONF} {MULTIPATH_CONF}.homecloud.bak"
-        if any(c.strip().startswith("blacklist") and "{" in c and "exceptions" not in c for c in conf):
-            # Add the line inside the existing section (one blacklist section per file).
-            yield StringCommand(
-                "sed", "-i", shlex.quote(f"0,/^[[:space:]]*blacklist[[:space:]]*{{/s//&\\n{line}/"), MULTIPATH_CONF
-            )
-        else:
-            yield StringCommand(
-                "printf", shlex.quote("\\n%s\\n"), shlex.quote("blacklist {"), shlex.quote(line), shlex.quote("}"),
-                ">>", MULTIPATH_CONF,
-            )
+    text = "\n".join(blacklist_conf(conf, line, present)) + "\n"
+    yield from replace_file(MULTIPATH_CONF, text, conf is not None, backup=True)
     if info["active"]:
         yield "systemctl restart multipathd.service"
 

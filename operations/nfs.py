@@ -16,13 +16,12 @@ server, so one URL works for both versions).
 from __future__ import annotations
 
 import ipaddress
-import shlex
-from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, operation
+from pyinfra.api import OperationError, operation
 from pyinfra.facts.files import FileContents
-from pyinfra.operations.util import files as file_utils
+
+from operations.system import move_aside, replace_file
 
 EXPORTS_HEADER = "# Managed by homecloud (operations/nfs.py): edits here are overwritten."
 GANESHA_HEADER = "# Managed by homecloud (operations/nfs.py): edits here are overwritten."
@@ -158,7 +157,8 @@ def kernel_exports(
             host.noop(f"{path} is absent")
             return
         # Moved aside (not read by exportfs: only *.exports counts), not deleted.
-        yield f"mv -f {shlex.quote(path)} {shlex.quote(path + '.' + file_utils.get_timestamp())} && exportfs -ra"
+        yield move_aside(path)
+        yield "exportfs -ra"
         return
 
     wanted = render_kernel_exports(exports, anonuid, anongid)
@@ -166,14 +166,10 @@ def kernel_exports(
         host.noop(f"{path} is up to date")
         return
 
-    if current is None:
-        folder = path.rsplit("/", 1)[0] or "/"
-        yield f"mkdir -p {shlex.quote(folder)}"
-    else:
-        # Kept beside it under a name exportfs does not read (only *.exports counts).
-        yield f"cp -p {shlex.quote(path)} {shlex.quote(path + '.' + file_utils.get_timestamp())}"
-    yield FileUploadCommand(StringIO(wanted), path, remote_temp_filename=host.get_temp_filename(path))
-    yield f"chmod 644 {shlex.quote(path)} && exportfs -ra"
+    # homecloud's own file, but a user may have edited it by hand: the replaced one is kept
+    # beside it under a name exportfs does not read (only *.exports counts).
+    yield from replace_file(path, wanted, current is not None, backup=True)
+    yield "exportfs -ra"
 
 
 @operation()
@@ -220,7 +216,7 @@ def ganesha_config(
 
     if not present:
         if ours:
-            yield f"mv -f {shlex.quote(config)} {shlex.quote(config + '.' + file_utils.get_timestamp())}"
+            yield move_aside(config)
         else:
             host.noop(f"{config} is not managed by homecloud")
         return
@@ -230,12 +226,5 @@ def ganesha_config(
         host.noop(f"{config} is up to date")
         return
 
-    if current is not None:
-        # The distribution's file, or ours with edits made by hand: kept in a copy.
-        backup = f"{config}.{file_utils.get_timestamp()}"
-        yield f"cp -p {shlex.quote(config)} {shlex.quote(backup)}"
-    else:
-        folder = config.rsplit("/", 1)[0] or "/"
-        yield f"mkdir -p {shlex.quote(folder)}"
-    yield FileUploadCommand(StringIO(wanted), config, remote_temp_filename=host.get_temp_filename(config))
-    yield f"chmod 644 {shlex.quote(config)}"
+    # The distribution's file, or ours with edits made by hand: kept in a backup.
+    yield from replace_file(config, wanted, current is not None, backup=True)

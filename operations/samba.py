@@ -1,5 +1,5 @@
 """
-Samba on a dnas node: Unix accounts, Samba users and the shares of the dnas data folder.
+Samba on a dnas node: Samba users and the shares of the dnas data folder.
 
 The shares live in one managed include file (default `/etc/samba/homecloud.conf`); the
 distribution's smb.conf is kept and only gets an `include =` line at its end (after a backup
@@ -19,15 +19,14 @@ import hashlib
 import re
 import shlex
 import struct
-from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, StringCommand, operation
+from pyinfra.api import HiddenValue, OperationError, StringCommand, operation
 from pyinfra.facts.files import FileContents
-from pyinfra.operations.util import files as file_utils
 
-from facts.samba import SambaUsers, UnixAccount
+from facts.samba import SambaUsers
 from homecloud.model import SHARE_NAME_RE, UNIX_USER_RE as USER_RE
+from operations.system import account, backup_command, check_command, move_aside, replace_file
 
 HEADER = "# Managed by homecloud (operations/samba.py): edits here are overwritten."
 
@@ -90,87 +89,6 @@ def nt_fingerprint(user: str, password: str) -> str:
 
 def _unmask(value: str | HiddenValue) -> str:
     return value.unmask() if isinstance(value, HiddenValue) else str(value)
-
-
-# --- Unix accounts ---------------------------------------------------------------------------
-
-
-@operation()
-def account(
-    user: str,
-    group: str | None = None,
-    uid: int | None = None,
-    gid: int | None = None,
-    home: str = "/nonexistent",
-    shell: str = "/usr/sbin/nologin",
-    present: bool = True,
-):
-    """
-    Create a Unix account without login shell or home when it is absent; leave an existing one
-    as it is (it may be a real person's login), but refuse one whose uid/gid differs from the
-    fixed ids asked for (files would change hands).
-
-    + user: the account name
-    + group: its primary group (default: a group named like the user), created when absent
-    + uid: fixed user id (None: the next free one)
-    + gid: fixed group id (None: the next free one)
-    + home: home directory written in passwd (not created)
-    + shell: login shell (default: no login)
-    + present: False removes the account (not its files, not its group)
-
-    **Example:**
-
-    .. code:: python
-
-        samba.account(user="dnas", uid=2000, gid=2000, home="/srv/dnas")
-    """
-    if not USER_RE.fullmatch(user):
-        raise OperationError(f"`{user}` is not a valid user name")
-    group = group or user
-    if not USER_RE.fullmatch(group):
-        raise OperationError(f"`{group}` is not a valid group name")
-
-    current = host.get_fact(UnixAccount, user=user, group=group)
-    existing_user = current["user"]
-    existing_group = current["group"]
-
-    if not present:
-        if existing_user:
-            yield StringCommand("userdel", shlex.quote(user))
-        else:
-            host.noop(f"user {user} is absent")
-        return
-
-    if existing_user:
-        if uid is not None and existing_user["uid"] != uid:
-            raise OperationError(
-                f"user {user} exists with uid {existing_user['uid']}, not {uid}: change it by hand "
-                f"(usermod -u {uid} {user}, then chown its files) or set the uid to {existing_user['uid']}"
-            )
-        if gid is not None and existing_group and existing_group["gid"] != gid:
-            raise OperationError(
-                f"group {group} exists with gid {existing_group['gid']}, not {gid}: change it by hand "
-                f"or set the gid to {existing_group['gid']}"
-            )
-        host.noop(f"user {user} exists (left as it is)")
-        return
-
-    if existing_group is None:
-        args = ["groupadd"]
-        if gid is not None:
-            args += ["--gid", str(gid)]
-        yield StringCommand(*args, shlex.quote(group))
-    elif gid is not None and existing_group["gid"] != gid:
-        raise OperationError(
-            f"group {group} exists with gid {existing_group['gid']}, not {gid}: change it by hand "
-            f"or set the gid to {existing_group['gid']}"
-        )
-
-    args = ["useradd", "--no-create-home", "--home-dir", shlex.quote(home), "--shell", shlex.quote(shell)]
-    args += ["--gid", shlex.quote(group)]
-    if uid is not None:
-        args += ["--uid", str(uid)]
-    yield StringCommand(*args, shlex.quote(user))
 
 
 # --- Samba users ------------------------------------------------------------------------------
@@ -294,19 +212,17 @@ def _include_pattern(include: str) -> str:
     return f"^[[:space:]]*include[[:space:]]*=[[:space:]]*{_ere_escape(include)}[[:space:]]*$"
 
 
-def _testparm_candidate(smb_conf: str, include: str, candidate: str, drop_candidate: bool) -> str:
+def _testparm_check(smb_conf: str, include: str) -> str:
     """
-    Shell: build the candidate smb.conf (the live one without our include line, plus an
-    include of `candidate` at the end) in a temporary file and check it with testparm.
+    Check (``{}``: the include file to test) for ``system.write_file``: the live smb.conf
+    without our include line, plus an include of ``{}`` at the end, in a temporary file that
+    testparm checks; testparm's complaints go to stderr.
     """
-    pattern = _include_pattern(include)
-    on_fail = f"rm -f {shlex.quote(candidate)}; " if drop_candidate else ""
     return (
-        'tmp=$(mktemp) && { grep -v -E ' + shlex.quote(pattern) + " " + shlex.quote(smb_conf)
-        + "; printf '\\ninclude = %s\\n' " + shlex.quote(candidate) + '; } > "$tmp" && '
+        "tmp=$(mktemp) && { grep -v -E " + shlex.quote(_include_pattern(include)) + " " + shlex.quote(smb_conf)
+        + "; printf '\\ninclude = %s\\n' {}; } > \"$tmp\" && "
         'if testparm -s "$tmp" > /dev/null 2> "$tmp.err"; then rm -f "$tmp" "$tmp.err"; '
-        'else cat "$tmp.err" >&2; rm -f "$tmp" "$tmp.err"; ' + on_fail
-        + "echo 'testparm refused the new Samba configuration' >&2; exit 1; fi"
+        'else cat "$tmp.err" >&2; rm -f "$tmp" "$tmp.err"; false; fi'
     )
 
 
@@ -322,10 +238,13 @@ def config(
     present: bool = True,
 ):
     """
-    Serve shares through a managed include file of smb.conf. The candidate configuration is
-    checked with ``testparm -s`` before it replaces the live one; smb.conf is copied to
-    ``smb.conf.<timestamp>`` before its include line is added or removed, and a replaced include
-    file to ``<include>.<timestamp>``. Reload Samba when this operation changed something.
+    Serve shares through a managed include file of smb.conf. The candidate include file
+    (``<include>.homecloud-new``) is checked with ``testparm -s`` (in a copy of smb.conf that
+    includes it) before it replaces the live one; when testparm refuses it the operation fails
+    and nothing live changes. Backups (``system.backup_command``: ``<path>.<timestamp>``, mode
+    0600, never overwritten): smb.conf, the distribution's file, before its include line is
+    added or removed; the include file when it is replaced (homecloud writes it, but a user may
+    have edited shares in it by hand). Reload Samba when this operation changed something.
 
     + shares: list of {name, path (absolute), read_only, valid_users, guest_ok}
     + users: every Samba user (the valid users of a share whose valid_users is empty)
@@ -356,21 +275,20 @@ def config(
         smb_lines = []
     included = any(include_re.match(line) for line in smb_lines)
     current = host.get_fact(FileContents, path=include)
-    backup = f"{smb_conf}.{file_utils.get_timestamp()}"
 
     if not present:
         if not included and current is None:
             host.noop("Samba shares of homecloud are absent")
             return
         if included:
+            yield backup_command(smb_conf)
             yield (
-                f"cp -p {shlex.quote(smb_conf)} {shlex.quote(backup)} && tmp=$(mktemp) && "
-                f"grep -v -E {shlex.quote(_include_pattern(include))} {shlex.quote(smb_conf)} > \"$tmp\"; "
+                f"tmp=$(mktemp) && grep -v -E {shlex.quote(_include_pattern(include))} {shlex.quote(smb_conf)} > \"$tmp\"; "
                 f"cat \"$tmp\" > {shlex.quote(smb_conf)} && rm -f \"$tmp\""
             )
         if current is not None:
             # Moved aside, not deleted: it may hold edits made by hand.
-            yield f"mv -f {shlex.quote(include)} {shlex.quote(include + '.' + file_utils.get_timestamp())}"
+            yield move_aside(include)
         return
 
     names = set()
@@ -394,28 +312,21 @@ def config(
         raise OperationError(f"workgroup `{workgroup}` is invalid (1-15 letters, digits, ._-)")
 
     wanted = render_shares(shares, users, force_user, force_group, workgroup)
-    candidate = f"{include}.candidate"
+    check = _testparm_check(smb_conf, include)
+    up_to_date = current is not None and _normalized(current) == _normalized(wanted.splitlines())
 
-    if current is None or _normalized(current) != _normalized(wanted.splitlines()):
-        yield FileUploadCommand(
-            StringIO(wanted.rstrip("\n") + "\n"),
-            candidate,
-            remote_temp_filename=host.get_temp_filename(candidate),
+    if not up_to_date:
+        # Our file, but a user may have edited the shares by hand: the replaced one is kept.
+        yield from replace_file(
+            include, wanted.rstrip("\n") + "\n", current is not None, check=check, check_name="testparm", backup=True
         )
-        yield _testparm_candidate(smb_conf, include, candidate, drop_candidate=True)
-        if current is not None:
-            # Edits made by hand to the managed file are kept in a copy, never just lost.
-            yield f"cp -p {shlex.quote(include)} {shlex.quote(include + '.' + file_utils.get_timestamp())}"
-        yield f"chmod 644 {shlex.quote(candidate)} && mv -f {shlex.quote(candidate)} {shlex.quote(include)}"
     elif not included:
-        yield _testparm_candidate(smb_conf, include, include, drop_candidate=False)
+        yield check_command(check, include, smb_conf, "testparm")
 
     if not included:
-        yield (
-            f"cp -p {shlex.quote(smb_conf)} {shlex.quote(backup)} && "
-            f"sed -i -e '$a\\' {shlex.quote(smb_conf)} && "
-            f"printf 'include = %s\\n' {shlex.quote(include)} >> {shlex.quote(smb_conf)}"
-        )
+        # The distribution's smb.conf (and the user's edits) is kept; only our line is appended.
+        yield backup_command(smb_conf)
+        yield f"sed -i -e '$a\\' {shlex.quote(smb_conf)} && printf 'include = %s\\n' {shlex.quote(include)} >> {shlex.quote(smb_conf)}"
 
-    if current is not None and included and _normalized(current) == _normalized(wanted.splitlines()):
+    if up_to_date and included:
         host.noop("Samba shares are up to date")

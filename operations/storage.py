@@ -10,16 +10,15 @@ other signature is never formatted, whatever the inventory says.
 from __future__ import annotations
 
 import posixpath
-from io import StringIO
 
 from pyinfra import host
-from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import OperationError, QuoteString, StringCommand, operation
 from pyinfra.facts.files import FileContents
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
-from facts.node import FileStates
+from facts.system import FileStates
 from facts.storage import BlockDevice, MountPoint, device_link
-from operations.node import put_texts
+from operations.system import put_texts, replace_file
 
 UNIT_DIR = "/etc/systemd/system"
 
@@ -209,11 +208,8 @@ def _put_text(dest: str, text: str, mode: str = "644") -> list:
     current = host.get_fact(FileContents, path=dest)
     if current is not None and current == text.splitlines():
         return []
-    return [
-        FileUploadCommand(StringIO(text), dest, remote_temp_filename=host.get_temp_filename(dest)),
-        StringCommand("chown root:root", QuoteString(dest)),
-        StringCommand("chmod", mode, QuoteString(dest)),
-    ]
+    # homecloud's own unit, regenerated from the arguments: no backup.
+    return list(replace_file(dest, text, current is not None, mode=mode))
 
 
 def mount_unit(device: str, path: str, fstype: str, options: str) -> str:

@@ -14,17 +14,15 @@ fact.
 from __future__ import annotations
 
 import json
-import shlex
 import warnings
-from io import StringIO
 
 from pyinfra import host, state
-from pyinfra.api import FileUploadCommand, HiddenValue, OperationError, QuoteString, StringCommand, operation
+from pyinfra.api import HiddenValue, OperationError, QuoteString, StringCommand, operation
 from pyinfra.operations import files
 
-from facts.node import FileStates
+from facts.system import FileStates
 from facts.syncthing import API_CLIENT, DeviceId, Node
-from operations.node import put_texts, unit_states, upload_private
+from operations.system import put_texts, unit_states, upload_private
 
 CLIENT_PATH = "/usr/local/lib/homecloud/syncthing-api"
 KEYRING = "/etc/apt/keyrings/syncthing-archive-keyring.gpg"
@@ -80,8 +78,9 @@ def repository(channel: str = "stable", present: bool = True):
     if present:
         changes += files.directory._inner(path="/etc/apt/keyrings", mode="755")
         changes += files.download._inner(src=KEY_URL, dest=KEYRING, mode="644")
-        changes += files.put._inner(src=StringIO(source), dest=SOURCES_LIST, mode="644")
-        changes += files.put._inner(src=StringIO(pin), dest=PREFERENCES, mode="644")
+        # Both are homecloud's own and regenerated from the channel: no backup.
+        written = put_texts([{"dest": SOURCES_LIST, "text": source}, {"dest": PREFERENCES, "text": pin}])
+        changes += written[SOURCES_LIST] + written[PREFERENCES]
     else:
         states = host.get_fact(FileStates, paths=[SOURCES_LIST, PREFERENCES, KEYRING])
         changes += [StringCommand("rm -f", QuoteString(path)) for path in (SOURCES_LIST, PREFERENCES, KEYRING) if states.get(path)]

@@ -181,6 +181,13 @@ def test_raspberry_pi_cmdline_end_to_end(nodes, pyinfra_run, lab_api):
         lab_api.run(name, "rm -rf /boot/firmware")
 
 
+def _newest_backup(host, path: str):
+    """The newest backup system.backup_command made of `path` (<path>.<yymmddHHMM>)."""
+    newest = host.check_output(f"ls -1d {path}.[0-9]* | grep -E '\\.[0-9]{{10}}$' | sort | tail -n 1")
+    assert newest, f"no backup of {path}"
+    return host.file(newest)
+
+
 @pytest.mark.destructive
 def test_base_repairs_drift_and_keeps_the_users_lines(nodes, pyinfra_run, lab_api):
     """
@@ -214,11 +221,13 @@ def test_base_repairs_drift_and_keeps_the_users_lines(nodes, pyinfra_run, lab_ap
         assert f"127.0.1.1\t{name}" in hosts_file and "drifted" not in hosts_file
         assert f"{h['data']['node_ip']}\t{name}" in hosts_file and "192.0.2.99" not in hosts_file
         assert "192.0.2.7 printer  # the user line" in hosts_file, "the user's line must stay"
-        assert "192.0.2.99" in host.file("/etc/hosts.homecloud.bak").content_string
+        hosts_backup = _newest_backup(host, "/etc/hosts")
+        assert "192.0.2.99" in hosts_backup.content_string and hosts_backup.mode == 0o600
 
         fstab = host.file("/etc/fstab").content_string
         assert "#homecloud-swap-off# /swapfile none swap sw 0 0" in fstab.splitlines()
-        assert "/swapfile none swap sw 0 0" in host.file("/etc/fstab.homecloud.bak").content_string.splitlines()
+        fstab_backup = _newest_backup(host, "/etc/fstab")
+        assert "/swapfile none swap sw 0 0" in fstab_backup.content_string.splitlines() and fstab_backup.mode == 0o600
         assert host.check_output("sysctl -n net.ipv4.ip_forward") == "1"
 
         second = pyinfra_run(BASE_DEPLOY, "--limit", name)

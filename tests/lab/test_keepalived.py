@@ -279,7 +279,7 @@ def test_rejected_config_never_replaces_the_working_one(servers, pyinfra_run):
             assert KEEPALIVED_OP in failed.get(h["name"], []), results.summary(result)
             assert host.file(CONFIG).sha256sum == before[h["name"]], f"{h['name']}: the live config changed"
             assert host.service("keepalived").is_running
-        assert "keepalived rejected the new configuration" in result["stderr"]
+        assert f"homecloud: keepalived rejected the new {CONFIG}; {CONFIG} was not changed" in result["stderr"]
         assert len(holders(servers)) == 1
     finally:
         for _h, host in servers:  # the rejected candidates (0600) are kept for reading; tidy up

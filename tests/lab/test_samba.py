@@ -209,12 +209,14 @@ def test_a_config_testparm_refuses_never_replaces_the_live_one(nas, pyinfra_run)
             assert result["returncode"] != 0
         except PyinfraRunError as e:  # the only host failed: pyinfra may stop before its JSON
             log = str(e)
-        assert "testparm refused the new Samba configuration" in log, log[-3000:]
+        assert f"homecloud: testparm rejected the new {include}; {include} was not changed" in log, log[-3000:]
         assert host.file(include).content_string == before, "the live include file changed"
         assert "hcextra" not in host.file(include).content_string
-        assert not host.file(include + ".candidate").exists
+        # The rejected candidate is left to read (system.replace_file), it is not included anywhere.
+        assert "hcextra" in host.file(include + ".homecloud-new").content_string
+        assert include + ".homecloud-new" not in host.file("/etc/samba/smb.conf").content_string
     finally:
-        host.run(f"cp -p {saved} /etc/samba/smb.conf && rm -f {saved}")
+        host.run(f"cp -p {saved} /etc/samba/smb.conf && rm -f {saved} {include}.homecloud-new")
     again = pyinfra_run("deploys/samba.py", "--limit", spec.name)
     assert again["returncode"] == 0
     assert not [op["name"] for op in again["results"]["operations"] if op["success"]], "repairing smb.conf needed changes"
