@@ -4,7 +4,7 @@ Which programs the test suite runs on the controller, and whether `scripts/setup
 CI runs on a fresh machine: a program that a test runs but setup does not install makes CI green
 for whoever installed it by hand and red for everyone else. Two views of "what the tests run":
 
-- ``scan()``: read from the code (tests, the lab, bench, homecloud): argv lists with a literal
+- ``scan()``: read from the code (tests, the lab, homecloud, inventories): argv lists with a literal
   program name passed to subprocess/`sh`-style runners or assigned as ``cmd``/``argv``, returned
   as a command line, and ``shutil.which("name")`` probes;
 - ``Recorder``: an audit hook that records every program the pytest process really starts
@@ -30,7 +30,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SETUP = REPO_ROOT / "scripts" / "setup"
-SCANNED = ("tests", "lab", "bench", "homecloud", "inventories")
+SCANNED = ("tests", "lab", "homecloud", "inventories")  # bench/ is not run by the tests
 RUNNERS = {"run", "Popen", "check_output", "check_call", "call", "sh", "_run", "_sh"}
 ARGV_NAMES = {"cmd", "argv", "command", "args"}
 PROGRAM = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
