@@ -59,10 +59,13 @@ def test_secret_facts_are_read_with_fact_output_off():
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
+from homecloud import fingerprints as fp
 from homecloud import secrets as store
+from homecloud.model import InventoryError
 
 PASSPHRASE = "correct horse battery staple"
 
@@ -184,3 +187,171 @@ def test_store_folder_from_environment(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "elsewhere" / "lab-x.json").read_text())["samba_alice"] == value
     assert store.Origin(str(tmp_path / "elsewhere" / "lab-x.json"), "samba_alice", "generated") in store.origins(value)
 
+
+# --- Detection: no silent rotation ---------------------------------------------------------------
+
+SALT = "00112233445566778899aabbccddeeff"
+A = {"keepalived_auth_pass": "Vr8pass1", "samba_users.alice": "s3cretAlicePass1"}
+
+
+def fact_for(values: dict, salt: str = SALT, present=None) -> dict:
+    return {
+        "file": {"mode": "600", "user": "root", "group": "root"},
+        "salt": salt,
+        "fingerprints": {k: fp.fingerprint(salt, k, v) for k, v in values.items()},
+        "present": list(present if present is not None else values),
+    }
+
+
+FRESH = {"file": None, "salt": None, "fingerprints": {}, "present": []}
+
+
+def origins_of(table: dict):
+    """value -> origins, for values of a fake store `s.json`: table name -> (value, source)."""
+    def lookup(value):
+        return {store.Origin("s.json", name, source) for name, (v, source) in table.items() if v == value}
+    return lookup
+
+
+def never_pending(_store, _name):
+    return False
+
+
+def test_fingerprints_match():
+    d = fp.evaluate({"node1": dict(A)}, {"node1": fact_for(A)}, origins_of({}), never_pending, "ff" * 16)
+    assert d.problems == [] and d.rotations == {} and d.salts == {"node1": SALT}
+
+
+def test_fingerprint_mismatch_stops():
+    other = {**A, "samba_users.alice": "anotherValue1234"}
+    d = fp.evaluate({"node1": other}, {"node1": fact_for(A)}, origins_of({"samba_alice": ("anotherValue1234", "store")}), never_pending, "ff" * 16)
+    assert len(d.problems) == 1
+    assert "node1: the Samba password of alice (samba_alice): this controller has another value" in d.problems[0]
+    text = fp.format_problems(d)
+    assert "does not hold the cluster's secrets" in text and "python -m homecloud.secrets import FILE" in text
+    assert "anotherValue1234" not in text and "s3cretAlicePass1" not in text
+
+
+def test_brand_new_cluster_gets_generated_secrets():
+    table = {"keepalived_auth_pass": (A["keepalived_auth_pass"], "generated"), "samba_alice": (A["samba_users.alice"], "generated")}
+    d = fp.evaluate({"node1": dict(A), "node2": dict(A)}, {"node1": FRESH, "node2": FRESH}, origins_of(table), never_pending, "ab" * 16)
+    assert d.problems == []
+    assert d.salts == {"node1": "ab" * 16, "node2": "ab" * 16}
+
+
+def test_generated_value_for_a_secret_the_node_has_stops():
+    """Fresh clone against a cluster deployed before fingerprints existed: no file, but the node
+    has a keepalived password and the Samba user; generated values must not replace them."""
+    table = {"keepalived_auth_pass": ("NewGen12", "generated"), "samba_alice": ("generatedAlice01", "generated")}
+    values = {"keepalived_auth_pass": "NewGen12", "samba_users.alice": "generatedAlice01"}
+    legacy = {**FRESH, "present": ["keepalived_auth_pass", "samba_users.alice"]}
+    d = fp.evaluate({"node1": values}, {"node1": legacy}, origins_of(table), never_pending, "ab" * 16)
+    assert len(d.problems) == 2 and all("generated a new value just now" in p for p in d.problems)
+    assert d.generated == {("s.json", "keepalived_auth_pass"), ("s.json", "samba_alice")}
+    # The same values taken from a store (not generated here) are the operator's: adopted.
+    kept = {k: (v, "store") for k, (v, _) in table.items()}
+    assert fp.evaluate({"node1": values}, {"node1": legacy}, origins_of(kept), never_pending, "ab" * 16).problems == []
+
+
+def test_generated_value_against_fingerprints_stops():
+    table = {"samba_alice": ("generatedAlice01", "generated")}
+    d = fp.evaluate({"node1": {"samba_users.alice": "generatedAlice01"}}, {"node1": fact_for(A)}, origins_of(table), never_pending, "ab" * 16)
+    assert len(d.problems) == 1 and "generated a new value just now" in d.problems[0]
+
+
+def test_rotation_is_allowed_for_the_marked_name_only():
+    new = {"keepalived_auth_pass": "Other999", "samba_users.alice": "rotatedAlice0001"}
+    table = {"keepalived_auth_pass": ("Other999", "store"), "samba_alice": ("rotatedAlice0001", "store")}
+    pending = lambda s, name: name == "samba_alice"  # noqa: E731
+    hosts = {"node1": new, "node2": new}
+    facts = {"node1": fact_for(A), "node2": fact_for(A)}
+    d = fp.evaluate(hosts, facts, origins_of(table), pending, "ab" * 16)
+    assert d.rotations == {"samba_users.alice": ["node1", "node2"]}
+    assert len(d.problems) == 2 and all("keepalived" in p for p in d.problems)
+    # With only alice's value changed, the run goes on and says who must update what.
+    only_alice = {**A, "samba_users.alice": "rotatedAlice0001"}
+    d = fp.evaluate({"node1": only_alice, "node2": only_alice}, facts, origins_of(table), pending, "ab" * 16)
+    assert d.problems == [] and d.rotations == {"samba_users.alice": ["node1", "node2"]}
+    assert d.finished == set()
+    assert "update alice's devices" in fp.clients_to_update("samba_users.alice", ["node1", "node2"])
+
+
+def test_rotation_finishes_when_every_node_has_the_new_value():
+    rotated = {**A, "samba_users.alice": "rotatedAlice0001"}
+    table = {"samba_alice": ("rotatedAlice0001", "store")}
+    pending = lambda s, name: name == "samba_alice"  # noqa: E731
+    done = {"node1": fact_for(rotated), "node2": fact_for(rotated)}
+    d = fp.evaluate({"node1": rotated, "node2": rotated}, done, origins_of(table), pending, "ab" * 16)
+    assert d.problems == [] and d.rotations == {} and d.finished == {("s.json", "samba_alice")}
+    # Half done (node2 failed last time): the mark stays.
+    half = {"node1": fact_for(rotated), "node2": fact_for(A)}
+    d = fp.evaluate({"node1": rotated, "node2": rotated}, half, origins_of(table), pending, "ab" * 16)
+    assert d.rotations == {"samba_users.alice": ["node2"]} and d.finished == set()
+    # Hosts left out by --limit: not known to be done.
+    d = fp.evaluate({"node1": rotated}, {"node1": fact_for(rotated)}, origins_of(table), pending, "ab" * 16, all_hosts_in_run=False)
+    assert d.finished == set()
+
+
+def test_keepalived_rotation_needs_every_peer_in_the_run():
+    rotated = {**A, "keepalived_auth_pass": "Other999"}
+    table = {"keepalived_auth_pass": ("Other999", "store")}
+    pending = lambda s, name: name == "keepalived_auth_pass"  # noqa: E731
+    d = fp.evaluate({"node1": rotated}, {"node1": fact_for(A)}, origins_of(table), pending, "ab" * 16, keepalived_members_missing=["node2", "node3"])
+    assert len(d.problems) == 1 and "every keepalived peer in one run" in d.problems[0] and "node2, node3" in d.problems[0]
+    d = fp.evaluate({"node1": rotated, "node2": rotated}, {"node1": fact_for(A), "node2": fact_for(A)}, origins_of(table), pending, "ab" * 16)
+    assert d.problems == [] and d.rotations == {"keepalived_auth_pass": ["node1", "node2"]}
+
+
+def test_k3s_token_is_never_rotated_by_a_deploy():
+    d = fp.evaluate(
+        {"server1": {"k3s_token": "K10new"}},
+        {"server1": fact_for({"k3s_token": "K10old"})},
+        origins_of({"k3s_token": ("K10new", "store")}),
+        lambda s, name: True,
+        "ab" * 16,
+    )
+    assert len(d.problems) == 1 and "k3s token rotate" in d.problems[0]
+
+
+def test_node_secrets_follow_the_deploys():
+    data = {
+        "keepalived_enabled": True, "keepalived_group": "k3s_servers", "keepalived_auth_pass": "Vr8pass1",
+        "k3s_install": "off", "k3s_token": "K10x",
+        "samba_enabled": True, "samba_users": {"alice": "a" * 16, "bob": "b" * 16},
+        "syncthing_enabled": True, "syncthing_gui_password": None,
+    }
+    assert fp.node_secrets(data, ["k3s_servers", "dnas"]) == {
+        "keepalived_auth_pass": "Vr8pass1", "samba_users.alice": "a" * 16, "samba_users.bob": "b" * 16,
+    }
+    assert fp.node_secrets(data, ["k3s_agents"]) == {}
+    assert fp.node_secrets({**data, "k3s_install": "download"}, ["k3s_agents"]) == {"k3s_token": "K10x"}
+    assert fp.node_secrets({**data, "samba_enabled": False, "syncthing_gui_password": "g" * 20}, ["dnas"]) == {"syncthing_gui_password": "g" * 20}
+
+
+def test_check_secrets_stops_the_deploy_before_any_change(monkeypatch, tmp_path):
+    """The check a deploy runs first: once per state (every host's deploy file calls it), with one
+    fact read per host, raising InventoryError on a silent rotation; values never in the message."""
+    class FakeData(dict):
+        pass
+
+    hosts = [
+        SimpleNamespace(name=n, groups=["all", "k3s_servers", "dnas"], data=FakeData({"keepalived_auth_pass": v, "samba_users": {}}))
+        for n, v in (("node1", "Gener8d1"), ("node2", "Gener8d1"))
+    ]
+    inventory = type("Inventory", (), {"get_active_hosts": lambda self: hosts, "__iter__": lambda self: iter(hosts)})
+    fake_state = SimpleNamespace(inventory=inventory())
+    reads = []
+
+    def fake_read(state, targets):
+        reads.append([t.name for t in targets])
+        return {"node1": fact_for({"keepalived_auth_pass": "Cluster1"}), "node2": FRESH}
+
+    monkeypatch.setattr(fp, "_read_facts", fake_read)
+    store._issue("Gener8d1", tmp_path / "s.json", "keepalived_auth_pass", "generated")
+    with pytest.raises(InventoryError) as e:
+        fp.check_secrets(fake_state)
+    assert "node1: the keepalived (VRRP) password (keepalived_auth_pass)" in str(e.value)
+    assert "node2" not in str(e.value) and "Gener8d1" not in str(e.value) and "Cluster1" not in str(e.value)
+    with pytest.raises(InventoryError):
+        fp.check_secrets(fake_state)  # the second host's deploy file: same answer, no new read
+    assert reads == [["node1", "node2"]]
