@@ -9,7 +9,9 @@ No silent rotation of the cluster's secrets (issue #16), on the session's deploy
 - `rotate` of a Samba user's password: the next deploy sets it (and says which clients must be
   updated), the user logs in with the new password and not with the old one, the second
   controller (still holding the old value) is now the one stopped, and one more run from the
-  first controller changes nothing and clears the rotation mark.
+  first controller changes nothing and clears the rotation mark;
+- `rotate` of the keepalived password: every peer gets it in the same run, and keepalived's
+  journal shows that no backup took the VIP meanwhile (one VIP holder throughout).
 
 Local lab only: it deploys from other stores (not against --inventory, where nothing is
 deployed). Passphrases and passwords go through the environment and 0600 files, never argv.
@@ -25,6 +27,7 @@ import sys
 
 import pytest
 
+from facts.keepalived import STATE_FILE
 from homecloud import secrets as store
 from homecloud.model import node_ip
 from lab import results
@@ -152,3 +155,33 @@ def test_rotating_a_samba_password(lab, folder_b, dnas_nodes):
     final = deploy(lab)
     assert final["returncode"] == 0 and results.changed(final) == {}, results.summary(final)
     assert not store.rotation_pending(lab["a"] / f"{lab['store']}.json", name), "the rotation mark was not cleared"
+
+
+def test_rotating_the_keepalived_password_keeps_one_vip_holder(lab, inventory_hosts, testinfra_hosts):
+    """All peers get the new VRRP password in one parallel operation: no backup takes the VIP
+    while the others still have the old password (keepalived's own journal says so)."""
+    members = [h for h in inventory_hosts if h["data"].get("keepalived_enabled", True) and "k3s_servers" in h["groups"]]
+    if len(members) < 2:
+        pytest.skip("needs two keepalived peers")
+    nodes = dict(zip([h["name"] for h in inventory_hosts if "k3s_servers" in h["groups"]], testinfra_hosts("k3s_servers")))
+    before = {name: nodes[name].check_output(f"cat {STATE_FILE}").split()[0] for name in nodes}
+    assert list(before.values()).count("MASTER") == 1, before
+    since = nodes[next(iter(nodes))].check_output("date +%s")
+
+    rotated = secrets_cli("rotate", "keepalived_auth_pass", "--store", lab["store"])
+    assert rotated.returncode == 0, rotated.stderr
+    run = deploy(lab)
+    assert run["returncode"] == 0 and not results.errors(run), results.summary(run)
+    assert "keepalived (VRRP) password changed on " + ", ".join(sorted(nodes)) in run["stderr"]
+
+    for name, host in nodes.items():
+        journal = host.check_output(f"journalctl -u keepalived.service --no-pager --since @{since}")
+        assert "Reload complete" in journal, f"{name}: keepalived was not reloaded"
+        if before[name] == "BACKUP":
+            assert "Entering MASTER STATE" not in journal, f"{name} took the VIP during the rotation:\n{journal}"
+        after = host.check_output(f"cat {STATE_FILE}").split()[0]
+        assert after == before[name], f"{name}: {before[name]} -> {after}"
+
+    final = deploy(lab)
+    assert final["returncode"] == 0 and results.changed(final) == {}, results.summary(final)
+    assert not store.rotation_pending(lab["a"] / f"{lab['store']}.json", "keepalived_auth_pass")
