@@ -32,17 +32,18 @@ def render(salt: str, fingerprints: dict[str, str]) -> str:
 
 @operation()
 def fingerprints(
-    salt: str,
-    secrets: dict[str, str | HiddenValue],
+    secrets: dict[str, str | HiddenValue] | list[str],
+    salt: str | None = None,
     present: bool = True,
     path: str = FINGERPRINTS,
 ):
     """
     Record keyed fingerprints of secrets in a root-only file (0600); other names in it are kept.
 
-    + salt: the salt for a node that has no file yet (hex); a node keeps its own salt
     + secrets: name -> value (wrap values in ``HiddenValue``); names like
-      ``keepalived_auth_pass`` or ``samba_users.alice``
+      ``keepalived_auth_pass`` or ``samba_users.alice``; with present=False, the names alone
+    + salt: the salt for a node that has no file yet (hex; required when present); a node keeps
+      its own salt
     + present: False forgets these names (the file goes when no name is left)
     + path: the fingerprint file
 
@@ -56,8 +57,10 @@ def fingerprints(
             secrets={"keepalived_auth_pass": HiddenValue(secret("keepalived_auth_pass", length=8))},
         )
     """
-    if not SALT_RE.match(salt or ""):
+    if present and not SALT_RE.match(salt or ""):
         raise OperationError("salt must be 16-128 lower-case hex digits")
+    if present and not isinstance(secrets, dict):
+        raise OperationError("secrets must map each name to its value")
     for name in secrets:
         if not NAME_RE.match(name):
             raise OperationError(f"`{name}` is not a secret name")
@@ -72,11 +75,14 @@ def fingerprints(
     else:
         for name in secrets:
             wanted.pop(name, None)
+        if not current["file"]:
+            host.noop(f"{path} does not exist")
+            return
+        if wanted == recorded:
+            host.noop(f"{path} has no fingerprint of {', '.join(sorted(secrets))}")
+            return
         if not wanted:
-            if current["file"]:
-                yield StringCommand("rm", "-f", QuoteString(path))
-            else:
-                host.noop(f"{path} does not exist")
+            yield StringCommand("rm", "-f", QuoteString(path))
             return
     if current["file"] and wanted == recorded and current["salt"]:
         if current["file"] != {"mode": "600", "user": "root", "group": "root"}:
