@@ -102,10 +102,12 @@ def load_store(path: Path) -> tuple[dict[str, str], dict]:
     return {k: v for k, v in raw.items() if isinstance(v, str)}, meta
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write `text` to `path`, mode 0600 from the first byte, replacing it atomically."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+def _write_private(path: Path, text: str, store_folder: bool = True) -> None:
+    """Write `text` to `path`, mode 0600 from the first byte, replacing it atomically. In the
+    store folder, the folder is made 0700 too; any other folder (an export's) is left as it is."""
+    if store_folder:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)
@@ -252,7 +254,7 @@ def export_stores(folder: Path, dest: Path, passphrase: str, names: list[str] | 
     for name in chosen:
         values, meta = load_store(files[name])
         stores[name] = {"values": values, "meta": meta}
-    _write_private(Path(dest), encrypt_stores(stores, passphrase))
+    _write_private(Path(dest), encrypt_stores(stores, passphrase), store_folder=False)
     return chosen
 
 
@@ -349,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"note: HOMECLOUD_{args.name.upper()} is set and wins over the store: the deploy uses (and accepts) that value")
     except SecretsError as e:
         print(f"homecloud.secrets: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"homecloud.secrets: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

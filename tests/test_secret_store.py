@@ -86,9 +86,11 @@ def controller_a(tmp_path, monkeypatch):
 
 def test_export_import_round_trip_and_no_plaintext(controller_a, tmp_path):
     folder, values = controller_a
+    os.chmod(tmp_path, 0o755)
     export = tmp_path / "cluster.secrets"
     assert store.export_stores(folder, export, PASSPHRASE) == ["homecloud", "lab-hc"]
     assert stat.S_IMODE(os.stat(export).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path).st_mode) == 0o755, "the export's folder is not the store's: left as it is"
     raw = export.read_bytes()
     for name, value in values.items():
         assert value.encode() not in raw, f"{name} is readable in the export file"
