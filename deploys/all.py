@@ -5,15 +5,20 @@ The whole homecloud: every layer in order, on the hosts of the inventory.
 
 Each layer is also a deploy of its own (deploys/base.py, deploys/keepalived.py, ...), and
 each starts by validating the whole inventory: bad data stops the run before any host changes.
+Then the secrets: a controller whose secrets differ from the cluster's stops before any change
+(homecloud/fingerprints.py).
 """
 
 from pathlib import Path
 
 from pyinfra import local, state
 
+from homecloud.fingerprints import check_secrets
 from homecloud.model import check_state
 
 check_state(state)
+# This controller must hold the secrets the cluster has (no silent rotation): stop before any change.
+check_secrets(state)
 
 HERE = Path(__file__).resolve().parent
 

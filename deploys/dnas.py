@@ -26,9 +26,11 @@ from pathlib import Path
 
 from pyinfra import host, local, state
 
+from homecloud.fingerprints import check_secrets, salt_for
 from homecloud.model import check_state
 
 check_state(state)
+check_secrets(state)
 
 from posixpath import join, normpath  # noqa: E402
 
@@ -36,7 +38,7 @@ from pyinfra.api import HiddenValue  # noqa: E402
 from pyinfra.operations import files  # noqa: E402
 
 from homecloud.cluster import address, group_hosts  # noqa: E402
-from operations import storage, syncthing, system  # noqa: E402
+from operations import secrets, storage, syncthing, system  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 data = host.data
@@ -138,6 +140,12 @@ if "dnas" in host.groups:
             devices=[dict(device) for device in data.get("syncthing_devices") or []],
             sudo=bool(data.get("_sudo")),
         )
+        if password:
+            secrets.fingerprints(
+                name="Fingerprint of the Syncthing GUI password (no secret stored)",
+                salt=salt_for(state, host),
+                secrets={"syncthing_gui_password": HiddenValue(password)},
+            )
     else:
         syncthing.service(name=f"Syncthing (syncthing@{dnas_user}) is off", user=dnas_user, present=False)
 

@@ -23,11 +23,13 @@ from facts.k3s import K3sArch
 from homecloud import k3s_binary, k3s_config
 from homecloud.cluster import address, group_hosts
 from homecloud.kubeconfig import server_url as make_server_url
+from homecloud.fingerprints import check_secrets, salt_for
 from homecloud.model import InventoryError, check_state
 from homecloud.readiness import python_call_wait_ready
-from operations import k3s
+from operations import k3s, secrets
 
 check_state(state)
+check_secrets(state)
 
 LONGHORN_NO_DISK_LABEL = "node.longhorn.io/create-default-disk=false"
 
@@ -143,6 +145,12 @@ elif is_server or is_agent:
             ready_timeout=timeout,
             _serial=serial,
         )
+        if token:
+            secrets.fingerprints(
+                name="Fingerprint of the k3s token (no secret stored)",
+                salt=salt_for(state, host),
+                secrets={"k3s_token": token_arg},
+            )
 
     if host.name == first.name:
         node_ops(joining=False, serial=False, stop_if_failed=[])

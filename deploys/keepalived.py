@@ -22,10 +22,12 @@ from pyinfra import host, state
 from pyinfra.api import HiddenValue
 
 from homecloud.cluster import address, group_hosts, vrrp_priority
+from homecloud.fingerprints import check_secrets, salt_for
 from homecloud.model import check_state
-from operations import keepalived, system
+from operations import keepalived, secrets, system
 
 check_state(state)
+check_secrets(state)
 
 data = host.data
 SCRIPT_USER = "keepalived_script"
@@ -44,6 +46,7 @@ if data.get("keepalived_enabled", True) and host in members:
         home="/nonexistent",
     )
     unicast = bool(data.get("keepalived_unicast", True))
+    auth_pass = HiddenValue(str(data.get("keepalived_auth_pass") or ""))
     keepalived.vip(
         name="keepalived: the virtual IP",
         vip=str(data.get("vip")),
@@ -51,7 +54,7 @@ if data.get("keepalived_enabled", True) and host in members:
         interface=data.get("node_interface"),
         router_id=int(data.get("keepalived_router_id")),
         priority=vrrp_priority(state, host),
-        auth_pass=HiddenValue(str(data.get("keepalived_auth_pass") or "")),
+        auth_pass=auth_pass,
         node_name=host.name,
         unicast_src_ip=address(host) if unicast else None,
         unicast_peers=[address(h) for h in members if h != host] if unicast else None,
@@ -60,5 +63,14 @@ if data.get("keepalived_enabled", True) and host in members:
         check_script=data.get("keepalived_check_script"),
         notify_script=data.get("keepalived_notify_script"),
         script_user=SCRIPT_USER,
+    )
+    # A rotated password (python -m homecloud.secrets rotate) reaches every peer in the operation
+    # above, which pyinfra runs on all of them in parallel; the check refuses a rotation that would
+    # leave a peer out of the run. A peer still on the old password drops the adverts of the
+    # others and takes the VIP too after 3 adverts: the reloads must land closer than that.
+    secrets.fingerprints(
+        name="Fingerprint of the keepalived password (no secret stored)",
+        salt=salt_for(state, host),
+        secrets={"keepalived_auth_pass": auth_pass},
     )
     system.services(name="keepalived enabled and running", services=["keepalived.service"])

@@ -16,7 +16,7 @@ Kept, always: the dnas data folder and disk (dnas_path, dnas_device), Longhorn's
 (longhorn_data_path: replicas are your data; delete it yourself), the data of k3s's
 local-path volumes (/var/lib/rancher/k3s/storage, also your data), the packages installed
 (open-iscsi, nfs-common, ...), and what the base and keepalived layers did (they are not part of
-this reset).
+this reset). The fingerprint of the k3s token (homecloud/fingerprints.py) is forgotten with k3s.
 """
 
 from pyinfra import host, state
@@ -25,7 +25,7 @@ from facts.k3s import RESET_PATHS
 from homecloud.cluster import group_hosts
 from homecloud.kubeconfig import server_url
 from homecloud.model import InventoryError, check_state
-from operations import k3s, longhorn
+from operations import k3s, longhorn, secrets
 
 check_state(state)
 
@@ -66,3 +66,5 @@ if host.name == first_name:
 if host in servers or host in agents:
     longhorn.modules(name="Remove the Longhorn modules-load file", modules=["iscsi_tcp", "dm_crypt"], present=False)
     longhorn.multipath(name="Remove the Longhorn multipathd blacklist line", present=False)
+    # A new cluster may get another token: the fingerprint of the one removed must not refuse it.
+    secrets.fingerprints(name="Forget the fingerprint of the k3s token (k3s is removed)", secrets=["k3s_token"], present=False)

@@ -11,16 +11,18 @@ folders with the dnas owner.
 
 from pyinfra import host, state
 
+from homecloud.fingerprints import check_secrets, salt_for
 from homecloud.model import check_state
 
 check_state(state)
+check_secrets(state)
 
 from posixpath import join, normpath  # noqa: E402
 
 from pyinfra.api import HiddenValue  # noqa: E402
 from pyinfra.operations import files, systemd  # noqa: E402
 
-from operations import samba, system  # noqa: E402
+from operations import samba, secrets, system  # noqa: E402
 
 if "dnas" in host.groups:
     dnas_path = host.data.get("dnas_path")
@@ -65,6 +67,12 @@ if "dnas" in host.groups:
                 name=f"Samba user {user_name}",
                 user=user_name,
                 password=HiddenValue(users[user_name]),
+            )
+        if users:
+            secrets.fingerprints(
+                name="Fingerprints of the Samba passwords (no secret stored)",
+                salt=salt_for(state, host),
+                secrets={f"samba_users.{u}": HiddenValue(users[u]) for u in sorted(users)},
             )
 
         shares_config = samba.config(

@@ -14,7 +14,8 @@ with what the lab can and cannot run:
 - keepalived checks sshd (a service every lab node runs) instead of the k3s API;
 - dnas_device="LABEL=homecloud-data": each dnas node has a real ext4 disk (a loop device).
 
-Secrets are generated once into .secrets/lab-<instance>.json.
+Secrets are generated once into .secrets/lab-<instance>.json ($HOMECLOUD_SECRETS_DIR/lab-<instance>.json when
+that is set: tests/lab/test_secrets.py deploys from a second store that way).
 """
 
 import os

@@ -17,7 +17,9 @@ Groups:
 
 Secrets (VRRP password, Samba passwords) come from `secret(...)`: set HOMECLOUD_<KEY> in the
 environment, or let it generate a value once into .secrets/homecloud.json (mode 0600, not
-committed) and read it there. The k3s token is generated on the first server.
+committed) and read it there. The k3s token is generated on the first server. Back that store up;
+from another machine or a fresh clone, import it first (python -m homecloud.secrets export /
+import, see the README): a deploy whose secrets differ from the cluster's stops before any change.
 """
 
 from homecloud.model import check_inventory

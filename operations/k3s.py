@@ -24,7 +24,7 @@ from facts.k3s import KUBECONFIG_PATH as K3S_YAML
 from facts.k3s import K3S_DATA_DIR, LOCAL_STORAGE, K3sFile, K3sKubeconfig, K3sLeftovers, K3sNodes, K3sService, K3sToken
 from homecloud import k3s_config
 from homecloud.kubeconfig import KubeconfigError, merge, unmerge
-from operations.system import write_file
+from operations.system import secret_fact, write_file
 
 BIN_PATH = "/usr/local/bin/k3s"
 IMAGES_DIR = "/var/lib/rancher/k3s/agent/images"
@@ -224,34 +224,12 @@ def config(
         host.noop("k3s config is up to date")
 
 
-# How many secret facts are being read right now (hosts run in parallel greenlets).
-_SECRET_READS = {"count": 0, "print_fact_output": False}
-
-
-def _secret_fact(target, fact, **kwargs):
-    """
-    `target.get_fact(fact, **kwargs)` for a fact whose output is a secret (the join token, the
-    admin kubeconfig): with -vvv pyinfra prints the output of every fact command, so it is
-    switched off while such a fact is read (and switched back when the last one is done).
-    """
-    if _SECRET_READS["count"] == 0:
-        _SECRET_READS["print_fact_output"] = getattr(state, "print_fact_output", False)
-        state.print_fact_output = False
-    _SECRET_READS["count"] += 1
-    try:
-        return target.get_fact(fact, **kwargs)
-    finally:
-        _SECRET_READS["count"] -= 1
-        if _SECRET_READS["count"] == 0:
-            state.print_fact_output = _SECRET_READS["print_fact_output"]
-
-
 def _read_token(token_from: str, sudo: bool) -> str | None:
     """The generated token of another host (cross-host fact, read when the operation runs)."""
     other = state.inventory.get_host(token_from, None) if hasattr(state.inventory, "get_host") else None
     if other is None:
         raise OperationError(f"token_from: {token_from!r} is not a host of the inventory")
-    value = _secret_fact(other, K3sToken, _sudo=sudo)
+    value = secret_fact(other, K3sToken, _sudo=sudo)
     return value.unmask() if isinstance(value, HiddenValue) else (value or None)
 
 
@@ -448,7 +426,7 @@ def kubeconfig(dest: str, context: str, server_url: str, sudo_read: bool = False
             return
         yield FunctionCommand(_write_local, (path, new_text), {})
         return
-    cluster_text = _secret_fact(host, K3sKubeconfig, path=K3S_YAML, _sudo=sudo_read)
+    cluster_text = secret_fact(host, K3sKubeconfig, path=K3S_YAML, _sudo=sudo_read)
     if not cluster_text:
         if state.is_executing:
             raise OperationError(f"{host.name} has no /etc/rancher/k3s/k3s.yaml: k3s did not start there")

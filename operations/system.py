@@ -17,7 +17,7 @@ import re
 import shlex
 from io import StringIO
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, OperationError, QuoteString, StringCommand, operation
 from pyinfra.api.util import get_file_sha1
 from pyinfra.operations.apt import noninteractive_apt
@@ -532,3 +532,25 @@ def account(
     if uid is not None:
         args += ["--uid", str(uid)]
     yield StringCommand(*args, shlex.quote(user))
+
+
+# How many secret facts are being read right now (hosts run in parallel greenlets).
+_SECRET_READS = {"count": 0, "print_fact_output": False}
+
+
+def secret_fact(target, fact, **kwargs):
+    """
+    `target.get_fact(fact, **kwargs)` for a fact whose output is a secret (the join token, the
+    admin kubeconfig): with -vvv pyinfra prints the output of every fact command, so it is
+    switched off while such a fact is read (and switched back when the last one is done).
+    """
+    if _SECRET_READS["count"] == 0:
+        _SECRET_READS["print_fact_output"] = getattr(state, "print_fact_output", False)
+        state.print_fact_output = False
+    _SECRET_READS["count"] += 1
+    try:
+        return target.get_fact(fact, **kwargs)
+    finally:
+        _SECRET_READS["count"] -= 1
+        if _SECRET_READS["count"] == 0:
+            state.print_fact_output = _SECRET_READS["print_fact_output"]
