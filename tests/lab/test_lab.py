@@ -72,7 +72,11 @@ def host_snapshot(instance: str) -> dict[str, set]:
     links = {n for n in os.listdir("/sys/class/net") if not _other_instance(n, instance)}
     netns = {n for n in core._netns_list() if not _other_instance(n, instance)}
     with open("/proc/self/mounts", encoding="utf-8") as f:
-        mounts = {line.split()[1] for line in f if not _other_path(line, instance)}
+        mounts = {
+            point for point in (line.split()[1] for line in f if not _other_path(line, instance))
+            # A node's network namespace is a mount under /run/netns, named after its instance.
+            if not (point.startswith("/run/netns/") and _other_instance(point.rsplit("/", 1)[-1], instance))
+        }
     loops = {
         (loop["name"], loop.get("back-file") or "")
         for loop in core._losetup_list()
