@@ -86,6 +86,7 @@ def build(kubectl: str, folder: Path) -> list[dict]:
 CRD_SCHEMAS = {
     ("helm.cattle.io/v1", "HelmChart"): ("helm-controller", "HelmChart"),
     ("helm.cattle.io/v1", "HelmChartConfig"): ("helm-controller", "HelmChartConfig"),
+    ("longhorn.io/v1beta2", "RecurringJob"): ("longhorn-recurringjob", None),
 }
 
 
@@ -95,7 +96,7 @@ def crd_schema(source: str, kind: str | None) -> dict:
         assert version, f"tests/data/platform/versions.yaml: no helm-controller for k3s {pinned_k3s()}"
         schema = json.loads((DATA / f"helm-controller-{version}.schema.json").read_text())
         return {**schema, "$ref": f"#/$defs/{kind}"}
-    raise AssertionError(source)
+    return json.loads((DATA / f"longhorn-{longhorn_chart_version()}-recurringjob.schema.json").read_text())
 
 
 def schema_errors(objects: list[dict], kv, jsonschema, k8s_version: str) -> list[str]:
@@ -165,10 +166,17 @@ def traefik_chart_version() -> str:
     return version
 
 
+def longhorn_chart_version() -> str:
+    helmchart = yaml.safe_load((PLATFORM / "longhorn" / "helmchart.yaml").read_text())
+    return helmchart["spec"]["version"]
+
+
 def chart_keys_for(obj: dict) -> list[str] | None:
     """The key list for the chart an object configures; None for objects without values."""
     if obj.get("kind") == "HelmChartConfig" and obj["metadata"]["name"] == "traefik":
         return load_keys(f"traefik-{traefik_chart_version()}")
+    if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "longhorn":
+        return load_keys(f"longhorn-{obj['spec']['version']}")
     if obj.get("kind") in ("HelmChart", "HelmChartConfig"):
         raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: no key list for its chart; add one")
     return None
@@ -319,11 +327,13 @@ def test_the_pins_have_their_test_data(kv):
     minor = k8s_minor(pinned_k3s())
     assert f"{minor}.0" in kv.utils.all_versions(), f"kubernetes-validate has no schemas for Kubernetes {minor}"
     assert (DATA / f"traefik-{traefik_chart_version()}.values-keys.txt").is_file()
+    assert (DATA / f"longhorn-{longhorn_chart_version()}.values-keys.txt").is_file()
+    assert (DATA / f"longhorn-{longhorn_chart_version()}-recurringjob.schema.json").is_file()
     assert (DATA / f"helm-controller-{VERSIONS['k3s_bundled_helm_controller'][pinned_k3s()]}.schema.json").is_file()
 
 
 def test_there_are_modules():
-    assert {"traefik"} <= set(MODULES)
+    assert {"traefik", "longhorn"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -346,6 +356,19 @@ def test_traefik_module_does_what_the_issue_asks(kubectl):
     assert "forwardedHeaders" not in values["ports"]["web"] and "forwardedHeaders" not in values["ports"]["websecure"]
 
 
+def test_longhorn_module_does_what_the_issue_asks(kubectl):
+    objects = build(kubectl, PLATFORM / "longhorn")
+    [chart] = [o for o in objects if o["kind"] == "HelmChart"]
+    assert chart["spec"]["repo"] == "https://charts.longhorn.io" and chart["spec"]["targetNamespace"] == "longhorn-system"
+    values = yaml.safe_load(chart["spec"]["valuesContent"])
+    assert values["defaultSettings"]["defaultDataPath"] == "/var/lib/longhorn"
+    assert values["defaultSettings"]["createDefaultDiskLabeledNodes"] is True
+    assert values["global"]["nodeSelector"] == {"node.longhorn.io/create-default-disk": "true"}
+    assert values["persistence"]["defaultClass"] is True
+    [job] = [o for o in objects if o["kind"] == "RecurringJob"]
+    assert job["spec"]["task"] == "snapshot" and job["spec"]["retain"] >= 1 and job["spec"]["groups"] == ["default"]
+
+
 # --- every check fails on a broken manifest ---------------------------------------------------
 
 
@@ -359,10 +382,11 @@ def test_schema_checks_fail_on_broken_resources(kv, jsonschema):
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x"}, "spec": {"finalisers": []}},
         {"apiVersion": "helm.cattle.io/v1", "kind": "HelmChart", "metadata": {"name": "x", "namespace": "kube-system"}, "spec": {"chart": "x", "valuesContents": ""}},
         {"apiVersion": "helm.cattle.io/v1", "kind": "HelmChartConfig", "metadata": {"name": "traefik"}, "spec": {}},
+        {"apiVersion": "longhorn.io/v1beta2", "kind": "RecurringJob", "metadata": {"name": "x", "namespace": "longhorn-system"}, "spec": {"task": "backups", "retain": "7"}},
         {"apiVersion": "example.com/v1", "kind": "Unknown", "metadata": {"name": "x", "namespace": "kube-system"}},
     ]
     errors = schema_errors(broken, kv, jsonschema, version)
-    for needle in ("'finalisers' was unexpected", "'valuesContents' was unexpected", "'namespace' is a required property", "no schema for ('example.com/v1', 'Unknown')"):
+    for needle in ("'finalisers' was unexpected", "'valuesContents' was unexpected", "'namespace' is a required property", "'backups' is not one of", "'7' is not of type 'integer'", "no schema for ('example.com/v1', 'Unknown')"):
         assert any(needle in e for e in errors), (needle, errors)
 
 
