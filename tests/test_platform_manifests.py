@@ -437,3 +437,174 @@ def test_policy_checks_fail_on_bad_manifests():
     assert sorted(errors) == sorted(expected)
     assert image_pinned("busybox:1.36.1") and image_pinned("r.example:5000/x@sha256:" + "0" * 64)
     assert not image_pinned("r.example:5000/x") and not image_pinned("x:rolling-latest")
+
+
+# --- overlays written by homecloud/platform.py -------------------------------------------------
+
+S3_ENV = "AWS_ACCESS_KEY_ID=AKIAHOMECLOUDTEST\nAWS_SECRET_ACCESS_KEY=not-a-real-secret-4f9c2e\nAWS_ENDPOINTS=https://minio.lan:9000\n"
+
+OVERLAYS = {
+    "lan-selfsigned": {"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1", "pi2", "pi3"]},
+    "acme-nfs-backup": {
+        "domain": "cloud.example.org", "lan_cidr": "10.0.0.0/16", "tls": "acme", "acme_email": "admin@example.org",
+        "longhorn_nodes": ["pi1", "pi2", "pi3"], "longhorn_replicas": 3, "longhorn_data_path": "/srv/longhorn",
+        "longhorn_backup_target": "nfs://192.168.1.10:/srv/dnas/backups/longhorn", "longhorn_snapshot_retain": 3,
+        "longhorn_backup_cron": "30 4 * * 0", "longhorn_backup_retain": 8,
+    },
+    "acme-staging-s3-backup": {
+        "domain": "cloud.example.org", "lan_cidr": "172.16.5.0/24", "tls": "acme", "acme_email": "admin@example.org",
+        "acme_server": "staging", "acme_storage_class": "local-path", "longhorn_nodes": ["node1", "node2"],
+        "longhorn_backup_target": "s3://homecloud-backups@eu-west-1/longhorn/",
+    },
+    "traefik-only": {"domain": "home.example.org", "lan_cidr": "192.168.178.0/24", "tls": "acme", "acme_email": "a@example.org",
+                     "acme_storage_class": "local-path", "addons": ["traefik"]},
+}
+
+
+def write(tmp_path: Path, name: str):
+    from homecloud import platform
+
+    settings = platform.settings_from_dict(OVERLAYS[name])
+    env = tmp_path / "s3.env"
+    env.write_text(S3_ENV)
+    overlays = platform.write_overlays(settings, tmp_path / "overlay", secret_files={"longhorn-backup": env})
+    return settings, overlays
+
+
+@pytest.mark.parametrize("name", sorted(OVERLAYS))
+def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, jsonschema):
+    settings, overlays = write(tmp_path, name)
+    assert sorted(overlays) == sorted(settings.addons)
+    built = {addon: build(kubectl, folder) for addon, folder in overlays.items()}
+    for addon, objects in built.items():
+        assert all_errors(objects, kv, jsonschema) == [], addon
+        assert all(o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "homecloud" for o in objects)
+
+    [config] = built["traefik"]
+    values = yaml.safe_load(config["spec"]["valuesContent"])
+    for entrypoint in ("web", "websecure"):
+        assert values["ports"][entrypoint]["forwardedHeaders"] == {"trustedIPs": [settings.lan_cidr]}
+    assert values["ports"]["web"]["redirectTo"] == {"port": "websecure"}, "the module's values survive the overlay"
+    if settings.tls == "acme":
+        resolver = values["certResolvers"]["letsencrypt"]
+        assert resolver["email"] == settings.acme_email and resolver["httpChallenge"] == {"entryPoint": "web"}
+        assert resolver["caServer"].startswith("https://acme-staging" if settings.acme_server == "staging" else "https://acme-v02")
+        assert values["ports"]["websecure"]["tls"]["certResolver"] == "letsencrypt"
+        assert values["ports"]["websecure"]["tls"]["domains"] == [{"main": settings.domain}]
+        assert (values["persistence"]["enabled"], values["persistence"]["storageClass"]) == (True, settings.acme_storage_class)
+        assert resolver["storage"].startswith(values["persistence"].get("path", "/data") + "/")
+        assert values["updateStrategy"]["type"] == "Recreate"
+    else:
+        assert "certResolvers" not in values and "persistence" not in values
+
+    if "longhorn" not in built:
+        return
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in built["longhorn"]}
+    lvalues = yaml.safe_load(objects["HelmChart", "longhorn"]["spec"]["valuesContent"])
+    assert lvalues["defaultSettings"]["defaultDataPath"] == settings.longhorn_data_path
+    assert json.loads(lvalues["defaultSettings"]["defaultReplicaCount"]) == {"v1": str(settings.longhorn_replicas), "v2": str(settings.longhorn_replicas)}
+    assert lvalues["persistence"]["defaultClassReplicaCount"] == settings.longhorn_replicas
+    assert objects["RecurringJob", "snapshot-daily"]["spec"]["retain"] == settings.longhorn_snapshot_retain
+    if settings.longhorn_backup_target:
+        assert lvalues["defaultBackupStore"]["backupTarget"] == settings.longhorn_backup_target
+        job = objects["RecurringJob", "backup-daily"]["spec"]
+        assert (job["task"], job["cron"], job["retain"]) == ("backup", settings.longhorn_backup_cron, settings.longhorn_backup_retain)
+    else:
+        assert "defaultBackupStore" not in lvalues and ("RecurringJob", "backup-daily") not in objects
+    if settings.longhorn_backup_target and settings.longhorn_backup_target.startswith("s3://"):
+        secret = objects["Secret", "longhorn-backup-credentials"]
+        assert secret["metadata"]["namespace"] == "longhorn-system"
+        assert base64.b64decode(secret["data"]["AWS_SECRET_ACCESS_KEY"]).decode() == "not-a-real-secret-4f9c2e"
+        assert lvalues["defaultBackupStore"]["backupTargetCredentialSecret"] == "longhorn-backup-credentials"
+    else:
+        assert not any(kind == "Secret" for kind, _ in objects)
+
+
+def test_secrets_stay_in_0600_files_of_the_overlay(tmp_path):
+    _, overlays = write(tmp_path, "acme-staging-s3-backup")
+    secret_file = overlays["longhorn"] / "secrets" / "longhorn-backup.env"
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+    assert (overlays["longhorn"] / "secrets").stat().st_mode & 0o777 == 0o700
+    for path in (tmp_path / "overlay").rglob("*"):
+        if path.is_file() and path != secret_file:
+            assert "not-a-real-secret" not in path.read_text(), path
+    # Nothing of the kind lands in the repository's modules either.
+    for path in PLATFORM.rglob("*"):
+        if path.is_file():
+            assert "AWS_SECRET_ACCESS_KEY" not in path.read_text()
+
+
+def test_policy_check_catches_a_secret_written_into_the_values(tmp_path, kubectl):
+    from homecloud import platform
+
+    _, overlays = write(tmp_path, "acme-staging-s3-backup")
+    objects = build(kubectl, overlays["longhorn"])
+    [chart] = [o for o in objects if o["kind"] == "HelmChart"]
+    chart["spec"]["valuesContent"] += "\nextra: not-a-real-secret-4f9c2e\n"
+    assert "HelmChart longhorn: holds the value of a Secret key" in policy_errors(objects)
+    assert platform.LONGHORN_BACKUP_SECRET == "longhorn-backup-credentials"
+
+
+BAD_SETTINGS = {
+    "typo": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_node": ["pi1"]},
+             "platform: longhorn_node: unknown key. Fix: did you mean `longhorn_nodes`?"),
+    "public_cidr": ({"domain": "home.example.org", "lan_cidr": "8.8.8.0/24", "longhorn_nodes": ["pi1"]},
+                    "platform: lan_cidr: 8.8.8.0/24 is not a private LAN"),
+    "host_bits": ({"domain": "home.example.org", "lan_cidr": "192.168.1.1/24", "longhorn_nodes": ["pi1"]},
+                  "platform: lan_cidr: '192.168.1.1/24' is not a network"),
+    "acme_without_email": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "tls": "acme", "longhorn_nodes": ["pi1"]},
+                           "platform: acme_email: None is not an e-mail address"),
+    "email_without_acme": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "acme_email": "a@example.org", "longhorn_nodes": ["pi1"]},
+                           "platform: acme_email: set, but tls is not acme"),
+    "replicas_over_nodes": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1", "pi2"], "longhorn_replicas": 3},
+                            "platform: longhorn_replicas: 3 replicas on 2 Longhorn nodes. Fix: at most 2"),
+    "no_nodes": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24"}, "platform: longhorn_nodes: []"),
+    "bad_target": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1"], "longhorn_backup_target": "/srv/backups"},
+                   "platform: longhorn_backup_target: '/srv/backups'"),
+    "bad_cron": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1"], "longhorn_snapshot_cron": "daily"},
+                 "platform: longhorn_snapshot_cron: 'daily'"),
+    "zero_retain": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1"], "longhorn_backup_retain": 0},
+                    "platform: longhorn_backup_retain: 0"),
+    "acme_on_longhorn_without_longhorn": ({"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "tls": "acme", "acme_email": "a@example.org", "addons": ["traefik"]},
+                                          "platform: acme_storage_class: longhorn, but the longhorn add-on is off"),
+    "bad_domain": ({"domain": "Home", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1"]}, "platform: domain: 'Home' is not a DNS name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_bad_settings_are_refused_with_the_fix(case):
+    from homecloud import platform
+
+    data, message = BAD_SETTINGS[case]
+    with pytest.raises(platform.PlatformError) as err:
+        platform.settings_from_dict(data)
+    assert message in str(err.value)
+
+
+def test_an_s3_target_needs_a_complete_credentials_file(tmp_path):
+    from homecloud import platform
+
+    settings = platform.settings_from_dict(OVERLAYS["acme-staging-s3-backup"])
+    with pytest.raises(platform.PlatformError, match=r"needs secret_files\['longhorn-backup'\]"):
+        platform.write_overlays(settings, tmp_path / "a", secret_files={})
+    env = tmp_path / "s3.env"
+    env.write_text("AWS_ACCESS_KEY_ID=AKIA1\nAWS_SECRET_KEY=oops-secret-value\n")
+    with pytest.raises(platform.PlatformError) as err:
+        platform.write_overlays(settings, tmp_path / "b", secret_files={"longhorn-backup": env})
+    assert "missing AWS_SECRET_ACCESS_KEY" in str(err.value) and "unknown AWS_SECRET_KEY" in str(err.value)
+    assert "oops-secret-value" not in str(err.value)
+
+
+def test_a_failed_build_says_why(tmp_path, kubectl, monkeypatch):
+    from homecloud import platform
+
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
+    with pytest.raises(platform.PlatformError, match="kustomize .* failed: .*missing.yaml"):
+        platform.build(tmp_path, kubectl=(kubectl,))
+
+    def missing(*args, **kwargs):
+        raise FileNotFoundError(args[0][0])
+
+    monkeypatch.setattr(platform.subprocess, "run", missing)
+    with pytest.raises(platform.PlatformError, match="k3s not found: .* k3s kubectl"):
+        platform.build(tmp_path, kubectl=("k3s", "kubectl"))
