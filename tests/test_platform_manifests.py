@@ -398,6 +398,11 @@ def test_values_check_fails_on_a_key_the_chart_does_not_have():
         "HelmChartConfig traefik: valuesContent key logs.acces is not in the chart's values.yaml",
         "HelmChartConfig traefik: valuesContent key logs.acces.enabled is not in the chart's values.yaml",
     ]
+    # ACME options are checked one by one, though certResolvers is `{}` in the chart.
+    assert values_errors([_helmchartconfig("certResolvers:\n  le:\n    email: a@b.c\n    httpchallenge:\n      entryPoint: web\n")]) == [
+        "HelmChartConfig traefik: valuesContent key certResolvers.le.httpchallenge is not in the chart's values.yaml",
+        "HelmChartConfig traefik: valuesContent key certResolvers.le.httpchallenge.entryPoint is not in the chart's values.yaml",
+    ]
     # A key only the chart's comments document is accepted (redirectTo), an entrypoint name is free.
     assert values_errors([_helmchartconfig("ports:\n  myport:\n    redirectTo:\n      port: websecure\n")]) == []
 
