@@ -1,6 +1,9 @@
 """
 homecloud defaults: every key the deploys read, with its default and what it means.
 
+GENERATED from the layer schemas (homecloud/layers/<layer>.py) by `python -m homecloud.layers`:
+change a key there, not here.
+
 pyinfra loads this file for every inventory run from the repository root. Override any key in
 your inventory (per host, or in the group data of the inventory's `all` group), in a
 `group_data/<group>.py` beside your inventory, or with `--data key=value`. Keys that are not
@@ -104,7 +107,7 @@ k3s_kubeconfig_context = "homecloud"
 # Seconds to wait for nodes Ready / kube-system deployments available.
 k3s_ready_timeout = 600
 
-# --- Longhorn host prerequisites (deploys/longhorn.py) ---------------------------------------
+# --- Longhorn host prerequisites (deploys/longhorn.py) ----------------------------------------
 longhorn_enabled = True
 # Where Longhorn keeps replicas; must be ext4 or XFS.
 longhorn_data_path = "/var/lib/longhorn"
@@ -120,7 +123,7 @@ longhorn_fstype = "ext4"
 # that carries anything).
 longhorn_blank_device = None
 
-# --- Decentralized NAS (deploys/dnas.py) -----------------------------------------------------
+# --- Decentralized NAS (deploys/dnas.py) ------------------------------------------------------
 # The one data folder served by Syncthing, Samba and NFS.
 dnas_path = "/srv/dnas"
 # The owner of every file in it (fixed ids, the same on every dnas node).

@@ -20,7 +20,7 @@ from pyinfra.api.util import get_file_sha1
 
 from facts.keepalived import STATE_FILE
 from facts.system import FileStates
-from homecloud.model import INTERFACE_RE as IFACE_RE, KEEPALIVED_PASS_RE as AUTH_PASS_RE, UNIX_USER_RE
+from homecloud.schema import INTERFACE_RE as IFACE_RE, KEEPALIVED_PASS_RE as AUTH_PASS_RE, UNIX_USER_RE
 from operations.system import move_aside, put_texts, write_file
 
 INSTANCE = "homecloud_vip"

@@ -25,7 +25,7 @@ from pyinfra.api import HiddenValue, OperationError, StringCommand, operation
 from pyinfra.facts.files import FileContents
 
 from facts.samba import SambaUsers
-from homecloud.model import SHARE_NAME_RE, UNIX_USER_RE as USER_RE
+from homecloud.schema import SHARE_NAME_RE, UNIX_USER_RE as USER_RE
 from operations.system import account, backup_command, check_command, move_aside, replace_file
 
 HEADER = "# Managed by homecloud (operations/samba.py): edits here are overwritten."

@@ -24,7 +24,7 @@ from pyinfra.operations.apt import noninteractive_apt
 from pyinfra.operations.util import files as file_utils
 
 from facts.system import DebStatus, FileStates, UnitStates, UnixAccount
-from homecloud.model import UNIX_USER_RE as ACCOUNT_RE
+from homecloud.schema import UNIX_USER_RE as ACCOUNT_RE
 
 # What pyinfra's systemd facts count as running (SubState) and enabled (UnitFileState).
 RUNNING_SUB_STATES = ("running", "waiting", "exited", "listening", "mounted")

@@ -748,3 +748,18 @@ def test_operations_match_whole_values_too(changed):
     assert "192.168.1.240" in render_config(**args)
     with pytest.raises(OperationError):
         render_config(**{**args, **changed})
+
+
+def test_a_key_given_to_a_group_that_does_not_read_it(tmp_path):
+    """Each key's schema names the groups whose hosts read it: dnas keys on k3s agents do nothing."""
+    (tmp_path / "group_data").mkdir()
+    (tmp_path / "group_data" / "k3s_agents.py").write_text("dnas_path = '/srv/nas'\nk3s_ready_timeout = 900\n")
+    specs, errors = hosts_from_inventory_namespace(good_inventory(), str(tmp_path / "home.py"))
+    assert errors == [
+        "inventory: dnas_path: given to group `k3s_agents`, but only hosts in dnas read it. "
+        "Fix: set it for dnas (or per host) instead"
+    ]
+    # A group whose hosts are also in the reading group is fine (pi1 is a server and a dnas node).
+    (tmp_path / "group_data" / "k3s_agents.py").unlink()
+    (tmp_path / "group_data" / "k3s_servers.py").write_text("dnas_path = '/srv/nas'\n")
+    assert hosts_from_inventory_namespace(good_inventory(), str(tmp_path / "home.py"))[1] == []

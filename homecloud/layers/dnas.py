@@ -1,0 +1,176 @@
+"""
+Layer 4, the decentralized NAS on the hosts of the `dnas` group: the data disk and folder, its
+owner, Syncthing between the dnas nodes; Samba (layers/samba.py) and NFS (layers/nfs.py) serve
+the same folder.
+"""
+
+from __future__ import annotations
+
+import re
+
+from homecloud.schema import (
+    DEVICE_SPEC_RE,
+    USER_KIND,
+    Cluster,
+    Entries,
+    Key,
+    Kind,
+    Layer,
+    Section,
+    check_blank_device,
+    check_device_label,
+    check_entries,
+    check_outside_k3s,
+    check_relative,
+    count,
+    did_you_mean,
+    flag,
+    is_secret_bad,
+)
+
+DNAS = ("dnas",)
+# Syncthing device IDs: 8 groups of 7 base32 characters.
+SYNCTHING_ID_RE = re.compile(r"[A-Z2-7]{7}(-[A-Z2-7]{7}){7}")
+FOLDER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+FOLDERS = Entries(
+    "folder",
+    "id",
+    {"id": Kind(required=True), "label": Kind(), "path": Kind(required=True)},
+    '{"id": "photos", "label": "Photos", "path": "photos"}',
+)
+DEVICES = Entries(
+    "device",
+    "name",
+    {"name": Kind(required=True), "id": Kind(required=True), "folders": Kind(list), "addresses": Kind(list)},
+    '{"name": "phone", "id": "ABCDEFG-...", "folders": ["homecloud-data"]}',
+)
+
+
+def check(err, cluster: Cluster) -> None:
+    for spec in cluster.group("dnas"):
+        data = spec.data
+        path = data.get("dnas_path")
+        if isinstance(path, str) and (not path.startswith("/") or path.rstrip("/") in ("", "/boot", "/etc", "/usr", "/var", "/home", "/root")):
+            err(spec.name, "dnas_path", f"`{path!r}` is not a usable data folder", "use an absolute path of its own, e.g. /srv/dnas")
+        device = data.get("dnas_device")
+        if isinstance(device, str) and not DEVICE_SPEC_RE.fullmatch(device):
+            err(
+                spec.name,
+                "dnas_device",
+                f"`{device}` may name another disk after a reboot (USB order changes)",
+                "use UUID=... or LABEL=... as `blkid` shows it, or /dev/disk/by-id/...",
+            )
+        if data.get("dnas_format") is True and device is None:
+            err(spec.name, "dnas_format", "True but no dnas_device is given", "set dnas_device = 'LABEL=...' or turn dnas_format off")
+        if data.get("dnas_fstype") not in ("ext4", "xfs", "btrfs"):
+            err(spec.name, "dnas_fstype", f"`{data.get('dnas_fstype')!r}` is not supported", "use ext4, xfs or btrfs")
+        check_blank_device(err, spec, "dnas")
+        check_device_label(err, spec, "dnas")
+        check_outside_k3s(err, spec.name, "dnas_path", path)
+        if data.get("syncthing_enabled") is True:
+            _check_syncthing(err, spec)
+
+
+def _check_syncthing(err, spec) -> None:
+    data = spec.data
+    folder_ids: set[str] = set()
+    for folder in check_entries(err, spec.name, "syncthing_folders", data.get("syncthing_folders"), FOLDERS):
+        fid = folder["id"]
+        if not FOLDER_ID_RE.fullmatch(fid):
+            err(spec.name, "syncthing_folders", f"folder id `{fid!r}` is invalid", "use letters, digits and ._- (e.g. photos)")
+        elif fid in folder_ids:
+            err(spec.name, "syncthing_folders", f"folder id `{fid}` is listed twice", "give each folder a unique id")
+        folder_ids.add(fid)
+        check_relative(err, spec.name, "syncthing_folders", folder["path"])
+    for device_entry in check_entries(err, spec.name, "syncthing_devices", data.get("syncthing_devices"), DEVICES):
+        did = device_entry["id"]
+        if not SYNCTHING_ID_RE.fullmatch(did):
+            err(spec.name, "syncthing_devices", f"device id `{did!r}` is not a Syncthing device ID", "copy it from the device (Actions > Show ID): 8 groups of 7 characters")
+        for fid in device_entry.get("folders") or []:
+            if fid not in folder_ids:
+                fix = did_you_mean(fid, sorted(folder_ids), f"use ids from syncthing_folders ({', '.join(sorted(folder_ids)) or 'none'})")
+                err(spec.name, "syncthing_devices", f"device `{device_entry['name']}` gets unknown folder `{fid}`", fix)
+    gui = data.get("syncthing_gui_address")
+    if isinstance(gui, str):
+        if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}", gui) or not 0 < int(gui.rsplit(":", 1)[1]) < 65536:
+            err(spec.name, "syncthing_gui_address", f"`{gui}` is not host:port", "write it like 127.0.0.1:8384")
+        password = data.get("syncthing_gui_password")
+        if not gui.startswith(("127.", "localhost:", "[::1]:")) and (password is None or isinstance(password, str)) and is_secret_bad(password):
+            err(spec.name, "syncthing_gui_password", f"the GUI listens on {gui} but has no real password", "set a password or keep syncthing_gui_address = '127.0.0.1:8384'")
+
+
+LAYER = Layer(
+    "dnas",
+    [
+        Section("Decentralized NAS (deploys/dnas.py)"),
+        Key("dnas_path", Kind(), "/srv/dnas", "The one data folder served by Syncthing, Samba and NFS.", DNAS),
+        Key("dnas_user", USER_KIND, "dnas", "The owner of every file in it (fixed ids, the same on every dnas node).", DNAS),
+        Key("dnas_uid", count(1000, 59999), 2000, "", DNAS),
+        Key("dnas_gid", count(1000, 59999), 2000, "", DNAS),
+        Key(
+            "dnas_device",
+            Kind(optional=True),
+            None,
+            'Optional data disk mounted at dnas_path: "UUID=...", "LABEL=..." or /dev/disk/by-id/...\n'
+            "(never /dev/sdX). None: dnas_path is a folder on the root filesystem.",
+            DNAS,
+        ),
+        Key("dnas_fstype", Kind(), "ext4", "", DNAS),
+        Key("dnas_format", flag(), False, "Format dnas_device only if it carries no filesystem and no partition table. Never otherwise.", DNAS),
+        Key(
+            "dnas_blank_device",
+            Kind(optional=True),
+            None,
+            "A blank disk cannot be found by LABEL=/UUID= (it has none yet): to have it formatted, name it\n"
+            "here by a stable path (/dev/disk/by-id/... or /dev/disk/by-path/...). With dnas_format = True\n"
+            "and no disk matching dnas_device yet, it is formatted with dnas_fstype and gets the label (or\n"
+            "UUID) of dnas_device - only if it carries no filesystem, partition table or other signature.",
+            DNAS,
+        ),
+        Key(
+            "dnas_mount_options",
+            Kind(pattern=re.compile(r"[^\s,]+(,[^\s,]+)*"), bad="is not a list of mount options", fix="separate options with commas, without blanks, e.g. defaults,noatime"),
+            "defaults,noatime",
+            "",
+            DNAS,
+        ),
+        Section("Syncthing"),
+        Key("syncthing_enabled", flag(), True, "", DNAS),
+        Key(
+            "syncthing_source",
+            Kind(choices=("debian", "syncthing")),
+            "debian",
+            '"debian" (the distribution\'s package) or "syncthing" (Syncthing\'s own signed apt repository).',
+            DNAS,
+        ),
+        Key("syncthing_gui_address", Kind(), "127.0.0.1:8384", "GUI / REST API address. Anything but loopback needs syncthing_gui_password (and gets TLS).", DNAS),
+        Key("syncthing_gui_password", Kind(optional=True), None, "SECRET (required when the GUI listens beyond loopback).", DNAS),
+        Key(
+            "syncthing_folders",
+            Kind(list),
+            [{"id": "homecloud-data", "label": "homecloud data", "path": "data"}],
+            "Folders shared among all dnas nodes: id, label, path (relative to dnas_path).",
+            DNAS,
+            FOLDERS,
+        ),
+        Key(
+            "syncthing_devices",
+            Kind(list),
+            [],
+            "Other devices (phones, laptops) by device ID, and the folder ids they get:\n"
+            '[{"name": "phone", "id": "ABCDEFG-...", "folders": ["homecloud-data"]}]',
+            DNAS,
+            DEVICES,
+        ),
+    ],
+    reads=("samba_enabled", "nfs_enabled", "nfs_backend"),
+    check=check,
+)
+
+DnasSettings = LAYER.settings_class
+
+
+def settings(host) -> DnasSettings:
+    """This layer's settings from the host's merged data, with the schema's defaults."""
+    return LAYER.settings(host)

@@ -1,0 +1,74 @@
+"""
+Layer 1, the cluster's virtual IP: keepalived on the hosts of keepalived_group, one VRRP
+instance, unicast peers, a health check deciding who may hold the VIP.
+"""
+
+from __future__ import annotations
+
+from homecloud.schema import GROUPS, KEEPALIVED_PASS_RE, Cluster, Key, Kind, Layer, Section, count, flag, is_secret_bad
+
+
+def holders(cluster: Cluster) -> list:
+    """The hosts that run keepalived: keepalived_enabled and in their keepalived_group."""
+    return [s for s in cluster.specs if s.data.get("keepalived_enabled") and s.data.get("keepalived_group", "k3s_servers") in s.groups]
+
+
+def check(err, cluster: Cluster) -> None:
+    specs = cluster.specs
+    for spec in specs:
+        for key in ("keepalived_check_script", "keepalived_notify_script"):
+            script = spec.data.get(key)
+            if isinstance(script, str) and (not script.startswith("/") or any(c in script for c in '"\n\r')):
+                err(spec.name, key, f"`{script!r}` is not a command keepalived can run", "give an absolute path first (keepalived runs it without a shell), with no double quotes or line breaks, e.g. /usr/bin/systemctl is-active --quiet k3s")
+    for spec in holders(cluster):
+        secret = spec.data.get("keepalived_auth_pass")
+        if secret is not None and not isinstance(secret, str):
+            continue  # reported by the type check
+        if is_secret_bad(secret):
+            err(
+                spec.name,
+                "keepalived_auth_pass",
+                "secret missing or left at an example value",
+                "set it to a random password of 1-8 characters, e.g. secret('keepalived_auth_pass', length=8)",
+            )
+        elif len(secret) > 8:
+            err(spec.name, "keepalived_auth_pass", f"{len(secret)} characters, VRRP PASS auth keeps only 8", "use at most 8 characters")
+        elif not KEEPALIVED_PASS_RE.fullmatch(secret):
+            err(spec.name, "keepalived_auth_pass", "contains a blank, a quote, # or ! (keepalived would cut it there)", "use letters, digits and punctuation other than those")
+    if any(s.data.get("keepalived_enabled") for s in specs):
+        group = specs[0].data.get("keepalived_group")
+        if group in GROUPS and not any(group in s.groups for s in specs):
+            err("inventory", "keepalived_group", f"group `{group}` has no hosts", "add hosts to it or set keepalived_enabled = False")
+
+
+LAYER = Layer(
+    "keepalived",
+    [
+        Section("keepalived: the virtual IP (deploys/keepalived.py)"),
+        Key("keepalived_enabled", flag(), True),
+        Key("keepalived_group", Kind(choices=GROUPS), "k3s_servers", 'The group whose hosts share the VIP (k3s_servers; "dnas" for a NAS-only cluster).'),
+        Key("keepalived_router_id", count(1, 255), 51, "VRRP virtual_router_id, 1-255, unique on your LAN."),
+        Key("keepalived_auth_pass", Kind(optional=True), None, "SECRET: VRRP authentication password, 1-8 characters (VRRP PASS auth is limited to 8)."),
+        Key("keepalived_unicast", flag(), True, "Unicast peers (works on Wi-Fi and switches that drop multicast). False: multicast."),
+        Key("keepalived_nopreempt", flag(), False, "True: a recovered node does not take the VIP back from the current holder."),
+        Key("keepalived_advert_int", count(1, 255), 1, "Seconds between VRRP adverts; failover takes about 3-4 adverts."),
+        Key(
+            "keepalived_check_script",
+            Kind(optional=True),
+            None,
+            "Health check run by keepalived on each holder; None: the local k3s API answers on 6443\n"
+            "(any TLS answer - k3s replies 401 to anonymous requests). Any command: exit 0 means healthy.",
+        ),
+        Key("keepalived_notify_script", Kind(optional=True), None, "Optional script run on state changes (keepalived `notify`), e.g. to send a message."),
+        Key("keepalived_priority", count(1, 254, optional=True), None, "Per host (optional): VRRP priority 1-254. Default: from inventory order, first is highest."),
+    ],
+    reads=("vip", "network_prefix", "node_interface"),
+    check=check,
+)
+
+KeepalivedSettings = LAYER.settings_class
+
+
+def settings(host) -> KeepalivedSettings:
+    """This layer's settings from the host's merged data, with the schema's defaults."""
+    return LAYER.settings(host)
