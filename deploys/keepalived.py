@@ -16,49 +16,14 @@ Layer 1: the cluster's virtual IP, held by one healthy node of keepalived_group 
 Which node holds the VIP, and each node's VRRP state:
 
     pyinfra inventories/pi.py fact facts.keepalived.VrrpStatus interface=eth0 vip=<vip> --limit k3s_servers
+
+The layer is homecloud/layers/keepalived.py; this file validates the inventory and runs it.
 """
 
 from pyinfra import host, state
-from pyinfra.api import HiddenValue
 
-from homecloud.cluster import address, group_hosts, vrrp_priority
+from homecloud.layers import keepalived
 from homecloud.model import check_state
-from operations import keepalived, system
 
 check_state(state)
-
-data = host.data
-SCRIPT_USER = "keepalived_script"
-
-members = group_hosts(state, data.get("keepalived_group", "k3s_servers"))
-
-if data.get("keepalived_enabled", True) and host in members:
-    system.packages(
-        name="Install keepalived (and curl for the default health check)",
-        packages=["keepalived", "curl"],
-    )
-    system.system_user(
-        name=f"User {SCRIPT_USER} that runs keepalived's scripts",
-        user=SCRIPT_USER,
-        shell="/usr/sbin/nologin",
-        home="/nonexistent",
-    )
-    unicast = bool(data.get("keepalived_unicast", True))
-    keepalived.vip(
-        name="keepalived: the virtual IP",
-        vip=str(data.get("vip")),
-        prefix=int(data.get("network_prefix")),
-        interface=data.get("node_interface"),
-        router_id=int(data.get("keepalived_router_id")),
-        priority=vrrp_priority(state, host),
-        auth_pass=HiddenValue(str(data.get("keepalived_auth_pass") or "")),
-        node_name=host.name,
-        unicast_src_ip=address(host) if unicast else None,
-        unicast_peers=[address(h) for h in members if h != host] if unicast else None,
-        nopreempt=bool(data.get("keepalived_nopreempt", False)),
-        advert_int=int(data.get("keepalived_advert_int", 1)),
-        check_script=data.get("keepalived_check_script"),
-        notify_script=data.get("keepalived_notify_script"),
-        script_user=SCRIPT_USER,
-    )
-    system.services(name="keepalived enabled and running", services=["keepalived.service"])
+keepalived.apply(state, host)
