@@ -3,16 +3,14 @@ The whole homecloud: every layer in order, on the hosts of the inventory.
 
     pyinfra -y inventories/pi.py deploys/all.py
 
-Each layer is also a deploy of its own (deploys/base.py, deploys/keepalived.py, ...), and
-each starts by validating the whole inventory: bad data stops the run before any host changes.
-Then the secrets: a controller whose secrets differ from the cluster's stops before any change
-(homecloud/fingerprints.py).
+Each layer (homecloud/layers/<layer>.py) is also a deploy of its own (deploys/base.py,
+deploys/keepalived.py, ...). The inventory is validated first: bad data stops the run before
+any host changes.
 """
 
-from pathlib import Path
+from pyinfra import host, state
 
-from pyinfra import local, state
-
+from homecloud.layers import base, dnas, k3s, keepalived, longhorn
 from homecloud.fingerprints import check_secrets
 from homecloud.model import check_state
 
@@ -20,12 +18,10 @@ check_state(state)
 # This controller must hold the secrets the cluster has (no silent rotation): stop before any change.
 check_secrets(state)
 
-HERE = Path(__file__).resolve().parent
-
-# One include per line: pyinfra orders operations by the line numbers of the calls that queued
-# them, so includes from one loop line would give operations of different layers the same place.
-local.include(str(HERE / "base.py"))
-local.include(str(HERE / "keepalived.py"))
-local.include(str(HERE / "k3s.py"))
-local.include(str(HERE / "longhorn.py"))
-local.include(str(HERE / "dnas.py"))
+# One layer per line, in order: pyinfra orders operations by the line numbers of the calls
+# that queued them.
+base.apply(state, host)  # host names, swap, time, kernel modules, sysctls, Raspberry Pi flags
+keepalived.apply(state, host)  # the virtual IP on keepalived_group
+k3s.apply(state, host)  # k3s servers and agents
+longhorn.apply(state, host)  # Longhorn's host prerequisites
+dnas.apply(state, host)  # the NAS: disk, owner, Syncthing, then Samba and NFS

@@ -24,6 +24,7 @@ from pyinfra import host, state
 from facts.k3s import RESET_PATHS
 from homecloud.cluster import group_hosts
 from homecloud.kubeconfig import server_url
+from homecloud.layers import dnas, k3s as k3s_layer, longhorn as longhorn_layer
 from homecloud.model import InventoryError, check_state
 from operations import k3s, longhorn, secrets
 
@@ -34,8 +35,9 @@ agents = [h for h in group_hosts(state, "k3s_agents") if h not in servers]
 first_name = servers[0].name if servers else None
 
 # Refuse a reset that would reach into user data (a dnas or Longhorn folder below a k3s path).
-for key in ("dnas_path", "longhorn_data_path"):
-    value = str(host.data.get(key) or "")
+k3s_settings = k3s_layer.settings(host)
+data_paths = {"dnas_path": dnas.settings(host).dnas_path, "longhorn_data_path": longhorn_layer.settings(host).longhorn_data_path}
+for key, value in data_paths.items():
     for path in RESET_PATHS:
         if value and (value == path or value.startswith(path.rstrip("/") + "/")):
             raise InventoryError(
@@ -57,10 +59,10 @@ if host in servers and host.name != first_name:
 if host.name == first_name:
     k3s.purged(name="Remove k3s from the first server")
     k3s.kubeconfig(
-        name=f"Remove context {host.data.get('k3s_kubeconfig_context')} from {host.data.get('k3s_kubeconfig')}",
-        dest=host.data.get("k3s_kubeconfig"),
-        context=host.data.get("k3s_kubeconfig_context"),
-        server_url=server_url(host.data.get("vip") or "127.0.0.1"),
+        name=f"Remove context {k3s_settings.k3s_kubeconfig_context} from {k3s_settings.k3s_kubeconfig}",
+        dest=k3s_settings.k3s_kubeconfig,
+        context=k3s_settings.k3s_kubeconfig_context,
+        server_url=server_url(k3s_settings.vip or "127.0.0.1"),
         present=False,
     )
 if host in servers or host in agents:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pyinfra.api import Host, State
 
-from .model import HostSpec, node_ip
+from .schema import HostSpec, node_ip
 
 
 def group_hosts(state: State, group: str) -> list[Host]:
@@ -41,10 +41,9 @@ def first_server(state: State) -> Host | None:
     return servers[0] if servers else None
 
 
-def vrrp_priority(state: State, host: Host) -> int:
-    """keepalived_priority when set, else 150 for the first host of the group, 140, 130 ..."""
-    if host.data.get("keepalived_priority"):
-        return int(host.data.get("keepalived_priority"))
-    members = group_hosts(state, host.data.get("keepalived_group", "k3s_servers"))
+def vrrp_priority(members: list[Host], host: Host, priority: int | None) -> int:
+    """`priority` (keepalived_priority) when set, else 150 for the first member, 140, 130 ..."""
+    if priority:
+        return int(priority)
     index = [h.name for h in members].index(host.name) if host in members else len(members)
     return max(1, 150 - 10 * index)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import secrets as store
-from .model import InventoryError
+from .schema import InventoryError
 
 K3S_GROUPS = ("k3s_servers", "k3s_agents")
 
@@ -219,10 +219,12 @@ def check_secrets(state) -> Decision:
     from gevent.event import Event
     from pyinfra import logger
 
-    shared = getattr(state, "_homecloud_secrets_check", None)
+    from .run import this_run
+
+    run = this_run(state)
+    shared = run.secrets_check
     if shared is None:
-        shared = {"done": Event(), "decision": None, "error": None}
-        state._homecloud_secrets_check = shared
+        shared = run.secrets_check = {"done": Event(), "decision": None, "error": None}
         try:
             shared["decision"] = _check(state, logger)
         except InventoryError as e:

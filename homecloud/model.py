@@ -27,9 +27,8 @@ import ipaddress
 from pathlib import Path
 from typing import Any, Iterable
 
-from pyinfra.api.exceptions import PyinfraError
-
 from . import layers
+from .run import this_run
 from .schema import (  # noqa: F401  (re-exported: the operations and tests import them from here)
     GROUPS,
     INTERFACE_RE,
@@ -38,18 +37,16 @@ from .schema import (  # noqa: F401  (re-exported: the operations and tests impo
     UNIX_USER_RE,
     Cluster,
     HostSpec,
+    InventoryError,
     Kind,
     did_you_mean,
     is_ip,
     kind_problem,
+    node_ip,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
-
-
-class InventoryError(PyinfraError):
-    """The inventory or its data is invalid; nothing has been changed on any host."""
 
 
 def load_defaults() -> dict[str, Any]:
@@ -268,18 +265,6 @@ def hosts_from_state(state) -> list[HostSpec]:
 # --- Validation -------------------------------------------------------------------------------
 
 
-def node_ip(spec: HostSpec) -> str | None:
-    value = spec.data.get("node_ip")
-    if value is None:
-        candidate = spec.data.get("ssh_hostname") or spec.name
-        try:
-            ipaddress.IPv4Address(str(candidate))
-            return str(candidate)
-        except ValueError:
-            return None
-    return value
-
-
 def validate(specs: Iterable[HostSpec], defaults: dict[str, Any] | None = None, sudo: bool = False) -> list[str]:
     """
     Every problem found, each naming the host, the key and the fix. Empty: all good. `sudo`:
@@ -492,11 +477,11 @@ def check_loading_inventory() -> None:
     inventory = ctx_inventory.get()
     params = context.params
     inventory_file = params.get("inventory")
-    if getattr(inventory, "state", None) is not None or getattr(inventory, "_homecloud_checked", False):
+    if getattr(inventory, "state", None) is not None or this_run(inventory).validated:
         return  # not the CLI loading an inventory, or already checked (group_data/all.py runs once per folder)
     if not isinstance(inventory_file, str) or not Path(inventory_file).is_file():
         return
-    inventory._homecloud_checked = True
+    this_run(inventory).validated = True
 
     namespace: dict[str, Any] = {}
     for group, hosts in inventory.groups.items():
@@ -521,9 +506,9 @@ def check_loading_inventory() -> None:
 
 def check_state(state) -> None:
     """Validate the merged data of every host in a pyinfra state, once per state."""
-    if getattr(state, "_homecloud_checked", False):
+    if this_run(state).validated:
         return
     errors = validate(hosts_from_state(state), sudo=bool(state.config.SUDO))
     if errors:
         raise InventoryError(format_errors(errors))
-    state._homecloud_checked = True
+    this_run(state).validated = True

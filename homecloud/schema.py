@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from pyinfra.api.exceptions import PyinfraError
+
 GROUPS = ("k3s_servers", "k3s_agents", "dnas")
 K3S_GROUPS = ("k3s_servers", "k3s_agents")
 
@@ -48,6 +50,10 @@ KEEPALIVED_PASS_RE = re.compile(r"[A-Za-z0-9_.,:;+=@%^*()\[\]{}/~-]{1,8}")
 SHARE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,79}")
 # A disk by what it carries, or by a udev link that does not change with USB order (never /dev/sdX).
 DEVICE_SPEC_RE = re.compile(r"(UUID|LABEL|PARTUUID|PARTLABEL)=\S+|/dev/disk/by-(id|uuid|label|partuuid|partlabel)/\S+")
+
+
+class InventoryError(PyinfraError):
+    """The inventory or its data is invalid; nothing has been changed on any host."""
 
 
 @dataclass
@@ -217,6 +223,9 @@ class Layer:
             class_name, [(name, Any) for name in fields], frozen=True, namespace={"__module__": f"homecloud.layers.{name}"}
         )
 
+    def default(self, name: str) -> Any:
+        return next(key.default for key in self.keys if key.name == name)
+
     def settings(self, host):
         """The layer's settings for a pyinfra host (its merged data) or a plain dict of data."""
         from homecloud.layers import KEYS
@@ -231,6 +240,15 @@ class Layer:
             value = data.get(name, key.default)
             values[name] = _frozen(value)
         return self.settings_class(**values)
+
+
+def thawed(value: Any) -> Any:
+    """A plain copy of a settings value: tuples back to lists, read-only dicts to dicts."""
+    if isinstance(value, tuple):
+        return [thawed(v) for v in value]
+    if hasattr(value, "items"):
+        return {k: thawed(v) for k, v in value.items()}
+    return value
 
 
 def _frozen(value: Any) -> Any:
@@ -259,6 +277,21 @@ class Cluster:
 
 
 # --- Checks several layers share --------------------------------------------------------------
+
+
+def node_ip(spec: HostSpec) -> str | None:
+    """node_ip, or the ssh_hostname / host name when that is an IPv4 address."""
+    import ipaddress
+
+    value = spec.data.get("node_ip")
+    if value is None:
+        candidate = spec.data.get("ssh_hostname") or spec.name
+        try:
+            ipaddress.IPv4Address(str(candidate))
+            return str(candidate)
+        except ValueError:
+            return None
+    return value
 
 
 def is_ip(value: str) -> bool:

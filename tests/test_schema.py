@@ -12,7 +12,7 @@ import pytest
 
 from homecloud import layers
 from homecloud.model import DATA_KINDS, load_defaults
-from homecloud.schema import GROUPS, kind_problem
+from homecloud.schema import GROUPS, kind_problem, thawed
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,23 +47,16 @@ def test_settings_take_the_schema_defaults_and_are_frozen(layer):
     settings = layers.settings_of(layer, {})
     for field in dataclasses.fields(settings):
         default = layers.KEYS[field.name].default
-        assert _thawed(getattr(settings, field.name)) == default, field.name
+        assert thawed(getattr(settings, field.name)) == default, field.name
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(settings, dataclasses.fields(settings)[0].name, None)
 
 
-def _thawed(value):
-    if isinstance(value, tuple):
-        return [_thawed(v) for v in value]
-    if hasattr(value, "items"):
-        return {k: _thawed(v) for k, v in value.items()}
-    return value
-
-
 def test_settings_read_the_host_data_over_the_defaults():
-    settings = layers.settings_of("dnas", {"dnas_path": "/data", "samba_enabled": False})
+    settings = layers.settings_of("dnas", {"dnas_path": "/data"})
     assert settings.dnas_path == "/data"
     assert settings.dnas_mount_options == "defaults,noatime"  # the schema's default, nothing else
-    assert settings.samba_enabled is False  # a key of another layer, read by dnas
     with pytest.raises(TypeError):
         settings.syncthing_folders[0]["path"] = "elsewhere"  # entries are read-only too
+    samba = layers.settings_of("samba", {"dnas_path": "/data", "samba_enabled": False})
+    assert (samba.dnas_path, samba.samba_enabled) == ("/data", False)  # a key of dnas, read by samba

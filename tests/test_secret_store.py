@@ -341,7 +341,12 @@ def test_check_secrets_stops_the_deploy_before_any_change(monkeypatch, tmp_path)
         for n, v in (("node1", "Gener8d1"), ("node2", "Gener8d1"))
     ]
     inventory = type("Inventory", (), {"get_active_hosts": lambda self: hosts, "__iter__": lambda self: iter(hosts)})
-    fake_state = SimpleNamespace(inventory=inventory())
+    class FakeState(SimpleNamespace):
+        """A stand-in State (homecloud.run keeps per-run records by weak reference to it)."""
+
+        __hash__ = object.__hash__
+
+    fake_state = FakeState(inventory=inventory())
     reads = []
 
     def fake_read(state, targets):

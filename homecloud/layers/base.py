@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import re
 
+from pyinfra.api import deploy
+
+from homecloud.cluster import address, cluster_nodes
 from homecloud.schema import Cluster, Key, Kind, Layer, Section, flag, is_ip
+from operations import base as base_ops, raspberrypi
 
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 MODULE_RE = re.compile(r"[A-Za-z0-9_-]+")
@@ -71,3 +75,39 @@ BaseSettings = LAYER.settings_class
 def settings(host) -> BaseSettings:
     """This layer's settings from the host's merged data, with the schema's defaults."""
     return LAYER.settings(host)
+
+
+@deploy("base")
+def base(settings: BaseSettings, hostname: str | None, nodes: dict[str, str]) -> None:
+    """
+    The node base on one host. `hostname`: the name to give it (None when the inventory names
+    it by address); `nodes`: name -> address of every cluster node with a name, for /etc/hosts.
+    Every step decides on the node from facts: a second run changes nothing.
+    """
+    if settings.base_manage_hostname and hostname is not None:
+        base_ops.hosts(name="Host name and cluster nodes in /etc/hosts", hostname=hostname, nodes=nodes)
+    if settings.base_disable_swap:
+        base_ops.swap_off(name="Swap off now and at boot")
+    if settings.base_time_sync:
+        base_ops.time_sync(name="Clock in sync (systemd-timesyncd)")
+    if settings.base_kernel_modules:
+        base_ops.kernel_modules(name="Kernel modules for k3s", modules=list(settings.base_kernel_modules))
+    if settings.base_sysctls:
+        base_ops.sysctls(name="sysctls for k3s", values={str(k): str(v) for k, v in settings.base_sysctls.items()})
+    if settings.base_iptables_legacy is not False:
+        base_ops.iptables_legacy(name="iptables backend k3s works with", auto=(settings.base_iptables_legacy == "auto"))
+    if settings.rpi_cgroup_flags:
+        raspberrypi.cgroup_flags(name="Raspberry Pi: cgroup flags on the kernel command line")
+        raspberrypi.reboot_for_flags(
+            name="Raspberry Pi: reboot for new boot flags (one node at a time)",
+            reboot=settings.rpi_reboot,
+            _serial=True,
+        )
+
+
+def apply(state, host) -> None:
+    """The layer on `host`: every host of the inventory gets it."""
+    # Inventory names that are addresses (pyinfra allows them) are not host names: then only
+    # the /etc/hosts block is written for the nodes that have names.
+    nodes = {h.name: address(h) for h in cluster_nodes(state) if not is_ip(h.name)}
+    base(settings(host), hostname=None if is_ip(host.name) else host.name, nodes=nodes)

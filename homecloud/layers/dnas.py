@@ -7,7 +7,17 @@ the same folder.
 from __future__ import annotations
 
 import re
+from posixpath import join, normpath
 
+from pyinfra.api import HiddenValue, deploy
+
+from homecloud.cluster import address, group_hosts
+from operations import secrets as secrets_ops, storage, syncthing, system
+
+from .common import data_disk, dnas_owner, owned_folders
+from . import nfs as nfs_layer, samba as samba_layer
+from .nfs import NfsSettings, nfs
+from .samba import SambaSettings, samba
 from homecloud.schema import (
     DEVICE_SPEC_RE,
     USER_KIND,
@@ -26,6 +36,7 @@ from homecloud.schema import (
     did_you_mean,
     flag,
     is_secret_bad,
+    thawed,
 )
 
 DNAS = ("dnas",)
@@ -164,7 +175,6 @@ LAYER = Layer(
             DEVICES,
         ),
     ],
-    reads=("samba_enabled", "nfs_enabled", "nfs_backend"),
     check=check,
 )
 
@@ -174,3 +184,101 @@ DnasSettings = LAYER.settings_class
 def settings(host) -> DnasSettings:
     """This layer's settings from the host's merged data, with the schema's defaults."""
     return LAYER.settings(host)
+
+
+@deploy("dnas")
+def dnas(settings: DnasSettings, samba_settings: SambaSettings, nfs_settings: NfsSettings, peers: dict[str, str], sudo: bool, salt: str) -> None:
+    """
+    The NAS on one dnas node: its data disk and folder, their owner, Syncthing peered with
+    `peers` (name -> address of every dnas node, this one included), then Samba and NFS over the
+    same folder. `sudo`: this host uses sudo (the Syncthing API is read with it). `salt` keys
+    the fingerprints of the secrets kept on the node (homecloud/fingerprints.py).
+    """
+    dnas_path = normpath(settings.dnas_path)
+    dnas_user = settings.dnas_user
+    device = settings.dnas_device
+    fstype = settings.dnas_fstype
+    syncthing_on = settings.syncthing_enabled
+
+    # The services that read and write the data folder.
+    users_of_data = [f"syncthing@{dnas_user}"] if syncthing_on else []
+    if samba_settings.samba_enabled:
+        users_of_data.append("smbd")
+    if nfs_settings.nfs_enabled:
+        users_of_data.append("nfs-server" if nfs_settings.nfs_backend == "kernel" else "nfs-ganesha")
+
+    # --- 1. The data disk -------------------------------------------------------------------
+    if device:
+        data_disk("Data disk", device, fstype, settings.dnas_format, settings.dnas_blank_device, dnas_path, settings.dnas_mount_options)
+        if users_of_data:
+            storage.requires_mount(
+                name=f"{', '.join(users_of_data)} start only with {dnas_path} mounted",
+                services=users_of_data,
+                path=dnas_path,
+            )
+
+    # --- 2. The owner of the data --------------------------------------------------------------
+    # The same step the samba and nfs layers take on their own. Its home is the data folder:
+    # Syncthing keeps its config and index there, on the data disk.
+    dnas_owner(dnas_user, settings.dnas_uid, settings.dnas_gid, dnas_path)
+    owned_folders("Data folder", [dnas_path], dnas_user)
+
+    # --- 3. Syncthing ---------------------------------------------------------------------------
+    folders: list[dict] = []
+    if syncthing_on:
+        from_syncthing = settings.syncthing_source == "syncthing"
+        if from_syncthing:
+            system.packages(name="Tools to fetch Syncthing's apt key", packages=["curl", "ca-certificates"])
+        syncthing.repository(
+            name="Syncthing's own apt repository" if from_syncthing else "No Syncthing apt repository (Debian's package)",
+            present=from_syncthing,
+        )
+        system.packages(name="Install Syncthing", packages=["syncthing", "python3"])
+        folders = [
+            {"id": folder["id"], "label": folder.get("label") or folder["id"], "path": normpath(join(dnas_path, folder["path"]))}
+            for folder in settings.syncthing_folders
+        ]
+        owned_folders("Syncthing folder", [folder["path"] for folder in folders], dnas_user)
+        syncthing.service(name=f"Syncthing runs as syncthing@{dnas_user}", user=dnas_user)
+        password = settings.syncthing_gui_password
+        gui_address = settings.syncthing_gui_address
+        syncthing.configure(
+            name=f"Syncthing: no untouched default folder, GUI on {gui_address}, every dnas node peered, folders shared",
+            user=dnas_user,
+            gui_address=gui_address,
+            gui_password=HiddenValue(password) if password else None,
+            peers=dict(peers),
+            folders=folders,
+            devices=thawed(settings.syncthing_devices),
+            sudo=sudo,
+        )
+        if password:
+            secrets_ops.fingerprints(
+                name="Fingerprint of the Syncthing GUI password (no secret stored)",
+                salt=salt,
+                secrets={"syncthing_gui_password": HiddenValue(password)},
+            )
+    else:
+        syncthing.service(name=f"Syncthing (syncthing@{dnas_user}) is off", user=dnas_user, present=False)
+
+    # --- 4. Samba and NFS over the same folder --------------------------------------------------
+    # Their operations run after the ones above: the dnas owner and these folders are in place
+    # (checked on the node a moment before), so those layers do not read them again.
+    prepared = sorted({dnas_path, *(folder["path"] for folder in folders)})
+    samba(samba_settings, salt=salt, prepared=prepared)
+    nfs(nfs_settings, prepared=prepared)
+
+
+def apply(state, host) -> None:
+    """The layer on `host` when it is a dnas node: the NAS, then Samba and NFS."""
+    from homecloud.fingerprints import salt_for
+
+    if "dnas" in host.groups:
+        dnas(
+            settings(host),
+            samba_layer.settings(host),
+            nfs_layer.settings(host),
+            peers={peer.name: address(peer) for peer in group_hosts(state, "dnas")},
+            sudo=bool(host.data.get("_sudo")),
+            salt=salt_for(state, host),
+        )

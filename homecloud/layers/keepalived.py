@@ -5,12 +5,18 @@ instance, unicast peers, a health check deciding who may hold the VIP.
 
 from __future__ import annotations
 
+from pyinfra.api import HiddenValue, deploy
+
+from homecloud.cluster import address, group_hosts, vrrp_priority
 from homecloud.schema import GROUPS, KEEPALIVED_PASS_RE, Cluster, Key, Kind, Layer, Section, count, flag, is_secret_bad
+from operations import keepalived as keepalived_ops, secrets as secrets_ops, system
+
+SCRIPT_USER = "keepalived_script"
 
 
 def holders(cluster: Cluster) -> list:
     """The hosts that run keepalived: keepalived_enabled and in their keepalived_group."""
-    return [s for s in cluster.specs if s.data.get("keepalived_enabled") and s.data.get("keepalived_group", "k3s_servers") in s.groups]
+    return [s for s in cluster.specs if s.data.get("keepalived_enabled") and s.data.get("keepalived_group", LAYER.default("keepalived_group")) in s.groups]
 
 
 def check(err, cluster: Cluster) -> None:
@@ -72,3 +78,67 @@ KeepalivedSettings = LAYER.settings_class
 def settings(host) -> KeepalivedSettings:
     """This layer's settings from the host's merged data, with the schema's defaults."""
     return LAYER.settings(host)
+
+
+@deploy("keepalived")
+def keepalived(settings: KeepalivedSettings, node_name: str, priority: int, source_ip: str, peers: list[str], salt: str) -> None:
+    """
+    keepalived holding the VIP on one member of keepalived_group: `priority` its VRRP priority,
+    `source_ip` its address and `peers` the other members' (used when keepalived_unicast);
+    `salt` keys the fingerprint of the password kept on the node (homecloud/fingerprints.py).
+    """
+    system.packages(
+        name="Install keepalived (and curl for the default health check)",
+        packages=["keepalived", "curl"],
+    )
+    system.system_user(
+        name=f"User {SCRIPT_USER} that runs keepalived's scripts",
+        user=SCRIPT_USER,
+        shell="/usr/sbin/nologin",
+        home="/nonexistent",
+    )
+    unicast = settings.keepalived_unicast
+    auth_pass = HiddenValue(str(settings.keepalived_auth_pass or ""))
+    keepalived_ops.vip(
+        name="keepalived: the virtual IP",
+        vip=str(settings.vip),
+        prefix=settings.network_prefix,
+        interface=settings.node_interface,
+        router_id=settings.keepalived_router_id,
+        priority=priority,
+        auth_pass=auth_pass,
+        node_name=node_name,
+        unicast_src_ip=source_ip if unicast else None,
+        unicast_peers=list(peers) if unicast else None,
+        nopreempt=settings.keepalived_nopreempt,
+        advert_int=settings.keepalived_advert_int,
+        check_script=settings.keepalived_check_script,
+        notify_script=settings.keepalived_notify_script,
+        script_user=SCRIPT_USER,
+    )
+    # A rotated password (python -m homecloud.secrets rotate) reaches every peer in the operation
+    # above, which pyinfra runs on all of them in parallel; the check refuses a rotation that would
+    # leave a peer out of the run. A peer still on the old password drops the adverts of the
+    # others and takes the VIP too after 3 adverts: the reloads must land closer than that.
+    secrets_ops.fingerprints(
+        name="Fingerprint of the keepalived password (no secret stored)",
+        salt=salt,
+        secrets={"keepalived_auth_pass": auth_pass},
+    )
+    system.services(name="keepalived enabled and running", services=["keepalived.service"])
+
+
+def apply(state, host) -> None:
+    """The layer on `host` when keepalived is on and the host is in keepalived_group."""
+    from homecloud.fingerprints import salt_for
+    config = settings(host)
+    members = group_hosts(state, config.keepalived_group)
+    if config.keepalived_enabled and host in members:
+        keepalived(
+            config,
+            node_name=host.name,
+            priority=vrrp_priority(members, host, config.keepalived_priority),
+            source_ip=address(host),
+            peers=[address(h) for h in members if h != host],
+            salt=salt_for(state, host),
+        )

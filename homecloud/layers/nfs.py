@@ -6,7 +6,14 @@ every access squashed to the dnas user, by the kernel server or nfs-ganesha.
 from __future__ import annotations
 
 import ipaddress
+from posixpath import join, normpath
 
+from pyinfra.api import deploy
+from pyinfra.operations import systemd
+
+from operations import nfs as nfs_ops, system
+
+from .common import dnas_owner, owned_folders
 from homecloud.schema import Cluster, Entries, Key, Kind, Layer, Section, check_entries, check_relative, flag
 
 DNAS = ("dnas",)
@@ -75,3 +82,72 @@ NfsSettings = LAYER.settings_class
 def settings(host) -> NfsSettings:
     """This layer's settings from the host's merged data, with the schema's defaults."""
     return LAYER.settings(host)
+
+
+GANESHA_STOP_WAIT = """\
+# Managed by homecloud (homecloud/layers/nfs.py): wait until ganesha.nfsd has exited before a
+# restart starts the next one (ExecStop only asks it to shut down over D-Bus).
+[Service]
+ExecStopPost=/bin/sh -c 'i=0; while grep -qsx ganesha.nfsd /proc/[0-9]*/comm && [ "$$i" -lt 100 ]; do sleep 0.3; i=$$((i+1)); done; exit 0'
+"""
+
+
+@deploy("nfs")
+def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
+    """
+    NFS on one dnas node. `prepared`: the folders the dnas layer has just made (with the dnas
+    owner); None when the layer runs on its own: then it creates the dnas owner when absent
+    and every exported folder itself.
+    """
+    dnas_path = settings.dnas_path
+    dnas_user = settings.dnas_user
+    uid = settings.dnas_uid
+    gid = settings.dnas_gid
+    if not settings.nfs_enabled:
+        # NFS turned off: nothing is exported any more (the data stays).
+        nfs_ops.kernel_exports(name="homecloud NFS exports removed", exports=[], anonuid=uid, anongid=gid, present=False)
+        system.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
+        return
+
+    exports = [
+        {
+            "path": normpath(join(dnas_path, export["path"])),
+            "networks": list(export.get("networks") or []),
+            "read_only": bool(export.get("read_only", False)),
+        }
+        for export in settings.nfs_exports
+    ]
+    if prepared is None:
+        dnas_owner(dnas_user, uid, gid, dnas_path)
+    owned_folders("Exported folder", [e["path"] for e in exports if e["path"] not in (prepared or [])], dnas_user)
+
+    if settings.nfs_backend == "kernel":
+        # The other backend would hold port 2049: stop it if it is there.
+        system.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
+        system.packages(name="Install the kernel NFS server", packages=["nfs-kernel-server"])
+        nfs_ops.kernel_exports(name="NFS exports (kernel server)", exports=exports, anonuid=uid, anongid=gid)
+        system.services(name="Kernel NFS server is running", services=["nfs-server"])
+        return
+
+    # ganesha. The other backend would hold port 2049: stop it and drop its exports if it is there.
+    system.services(name="Kernel NFS server is off", services=["nfs-server"], running=False, enabled=False)
+    nfs_ops.kernel_exports(name="No kernel NFS exports", exports=[], anonuid=uid, anongid=gid, present=False)
+    system.packages(name="Install nfs-ganesha", packages=["nfs-ganesha", "nfs-ganesha-vfs", "rpcbind", "dbus"])
+    ganesha = nfs_ops.ganesha_config(name="nfs-ganesha configuration", exports=exports, anonuid=uid, anongid=gid)
+    # The unit stops ganesha with an asynchronous D-Bus call: a restart could start the new
+    # server while the old one still holds port 2049 and, exiting, unregisters the new one
+    # from rpcbind. Make "stop" wait until the old process is gone (at most ~30 s).
+    stop_wait = system.text_file(
+        name="nfs-ganesha: stop waits for the server to exit",
+        path="/etc/systemd/system/nfs-ganesha.service.d/homecloud-stop-wait.conf",
+        text=GANESHA_STOP_WAIT,
+    )
+    systemd.daemon_reload(name="systemd reloads nfs-ganesha's unit", _if=stop_wait.did_change)
+    system.services(name="rpcbind (NFSv3) and nfs-ganesha are running", services=["rpcbind", "nfs-ganesha"])
+    systemd.service(name="Restart nfs-ganesha (configuration changed)", service="nfs-ganesha", restarted=True, _if=ganesha.did_change)
+
+
+def apply(state, host) -> None:
+    """The layer on its own, on `host` when it is a dnas node."""
+    if "dnas" in host.groups:
+        nfs(settings(host))

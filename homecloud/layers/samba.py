@@ -6,7 +6,14 @@ samba_users, every file written as the dnas user.
 from __future__ import annotations
 
 import re
+from posixpath import join, normpath
 
+from pyinfra.api import HiddenValue, deploy
+from pyinfra.operations import systemd
+
+from operations import samba as samba_ops, secrets as secrets_ops, system
+
+from .common import dnas_owner, owned_folders
 from homecloud.schema import SHARE_NAME_RE, UNIX_USER_RE, Cluster, Entries, Key, Kind, Layer, Section, check_entries, check_relative, did_you_mean, flag, is_secret_bad
 
 DNAS = ("dnas",)
@@ -96,3 +103,69 @@ SambaSettings = LAYER.settings_class
 def settings(host) -> SambaSettings:
     """This layer's settings from the host's merged data, with the schema's defaults."""
     return LAYER.settings(host)
+
+
+@deploy("samba")
+def samba(settings: SambaSettings, salt: str, prepared: list[str] | None = None) -> None:
+    """
+    Samba on one dnas node. `prepared`: the folders the dnas layer has just made (with the dnas
+    owner); None when the layer runs on its own: then it creates the dnas owner when absent
+    and every share folder itself. `salt` keys the fingerprints of the passwords kept on the
+    node (homecloud/fingerprints.py).
+    """
+    dnas_path = settings.dnas_path
+    dnas_user = settings.dnas_user
+    if not settings.samba_enabled:
+        # Samba turned off: stop serving our shares (the data, users and smbd itself stay).
+        removed = samba_ops.config(
+            name="Samba shares of homecloud removed",
+            shares=[],
+            users=[],
+            force_user=dnas_user,
+            force_group=dnas_user,
+            present=False,
+        )
+        systemd.service(name="Reload Samba (shares removed)", service="smbd", reloaded=True, _if=removed.did_change)
+        return
+
+    users = dict(settings.samba_users)
+    shares = [
+        {
+            "name": share["name"],
+            "path": normpath(join(dnas_path, share["path"])),
+            "read_only": bool(share.get("read_only", False)),
+            "valid_users": list(share.get("valid_users") or []),
+            "guest_ok": bool(share.get("guest_ok", False)),
+        }
+        for share in settings.samba_shares
+    ]
+    system.packages(name="Install Samba", packages=["samba"])
+    if prepared is None:
+        dnas_owner(dnas_user, settings.dnas_uid, settings.dnas_gid, dnas_path)
+    owned_folders("Share folder", [s["path"] for s in shares if s["path"] not in (prepared or [])], dnas_user)
+    for user_name in sorted(users):
+        samba_ops.user(name=f"Samba user {user_name}", user=user_name, password=HiddenValue(users[user_name]))
+    if users:
+        secrets_ops.fingerprints(
+            name="Fingerprints of the Samba passwords (no secret stored)",
+            salt=salt,
+            secrets={f"samba_users.{u}": HiddenValue(users[u]) for u in sorted(users)},
+        )
+    shares_config = samba_ops.config(
+        name="Samba shares (checked with testparm)",
+        shares=shares,
+        users=sorted(users),
+        force_user=dnas_user,
+        force_group=dnas_user,
+        workgroup=settings.samba_workgroup,
+    )
+    system.services(name="Samba is running", services=["smbd"])
+    systemd.service(name="Reload Samba (configuration changed)", service="smbd", reloaded=True, _if=shares_config.did_change)
+
+
+def apply(state, host) -> None:
+    """The layer on its own, on `host` when it is a dnas node."""
+    from homecloud.fingerprints import salt_for
+
+    if "dnas" in host.groups:
+        samba(settings(host), salt=salt_for(state, host))

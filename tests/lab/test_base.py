@@ -158,7 +158,7 @@ def test_raspberry_pi_cmdline_end_to_end(nodes, pyinfra_run, lab_api):
         first = pyinfra_run(BASE_DEPLOY, "--limit", name, "--data", "rpi_reboot=False")
         assert first["returncode"] == 0, results.summary(first)
         changed = results.changed(first).get(name, [])
-        assert "Raspberry Pi: cgroup flags on the kernel command line" in changed, results.summary(first)
+        assert "base | Raspberry Pi: cgroup flags on the kernel command line" in changed, results.summary(first)
         assert not any("reboot" in op for op in changed), "rpi_reboot=False must not reboot"
         assert f"{name}: reboot needed: cgroup_memory=1 cgroup_enable=memory" in first["stderr"]
 
@@ -212,7 +212,8 @@ def test_base_repairs_drift_and_keeps_the_users_lines(nodes, pyinfra_run, lab_ap
         first = pyinfra_run(BASE_DEPLOY, "--limit", name)
         assert first["returncode"] == 0, results.summary(first)
         changed = results.changed(first).get(name, [])
-        for op in ("Host name and cluster nodes in /etc/hosts", "Swap off now and at boot", "sysctls for k3s"):
+        # Operation names carry the layer (the @deploy) they belong to.
+        for op in ("base | Host name and cluster nodes in /etc/hosts", "base | Swap off now and at boot", "base | sysctls for k3s"):
             assert op in changed, results.summary(first)
 
         assert host.check_output("hostname") == name

@@ -31,7 +31,7 @@ from facts.keepalived import VrrpStatus
 from lab import results
 
 FAILOVER_LIMIT = 4.0  # seconds, with advert_int 1 (master down interval 3 x 1 s + skew)
-KEEPALIVED_OP = "keepalived: the virtual IP"
+KEEPALIVED_OP = "keepalived | keepalived: the virtual IP"  # operation names carry their layer
 CONFIG = "/etc/keepalived/keepalived.conf"
 
 

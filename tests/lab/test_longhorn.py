@@ -107,7 +107,7 @@ def test_longhorn_preflight_reports_exactly_what_this_kernel_lacks(node1, lab_ap
         "--data", f"longhorn_data_path={DATA_PATH}",
     ]
     code, log, statuses = _run_text(lab_inventory, *args)
-    preflight = next(name for name in statuses if name.startswith("Longhorn preflight"))
+    preflight = next(name for name in statuses if name.startswith("longhorn | Longhorn preflight"))
     # Everything before the preflight worked; the preflight failed the host with its list.
     assert code != 0
     assert {n: st for n, st in statuses.items() if st == "Error"} == {preflight: "Error"}, log[-4000:]

@@ -1,0 +1,39 @@
+"""
+Steps several layers take, as plain functions of explicit arguments (called inside a layer's
+@deploy function): a data disk mounted at a folder, the dnas owner, folders it owns.
+"""
+
+from __future__ import annotations
+
+from pyinfra.operations import files
+
+from operations import storage, system
+
+
+def data_disk(what: str, device: str, fstype: str, format: bool, blank_device: str | None, path: str, options: str) -> None:
+    """`device` (LABEL=, UUID= or a stable path) carries `fstype` and is mounted at `path`."""
+    kind, _, value = device.partition("=")
+    storage.filesystem(
+        name=f"{what} {device} carries {fstype}",
+        device=device,
+        fstype=fstype,
+        label=value if kind == "LABEL" else None,
+        uuid=value if kind == "UUID" else None,
+        format=format,
+        blank_device=blank_device,
+    )
+    storage.mount(name=f"{what} {device} mounted at {path}", device=device, path=path, fstype=fstype, options=options)
+
+
+def dnas_owner(user: str, uid: int, gid: int, home: str) -> None:
+    """
+    The owner of the dnas data: created when absent with the fixed ids; an existing account
+    with other ids is refused (files would change hands). Its home is the data folder.
+    """
+    system.account(name=f"dnas owner {user} (uid {uid}, created only if absent)", user=user, uid=uid, gid=gid, home=home)
+
+
+def owned_folders(what: str, paths: list[str], user: str) -> None:
+    """Each folder of `paths` exists, owned by `user` (and its group)."""
+    for path in paths:
+        files.directory(name=f"{what} {path} owned by {user}", path=path, user=user, group=user)
