@@ -52,7 +52,9 @@ INSTANCE_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 DEFAULT_NODES = 4
 MAX_NODES = 20
 NODE_INTERFACE = "host0"
-SSH_TIMEOUT = 90
+# How long a booting node may take until sshd answers. A node boots in 1-5 s here; under load
+# (several labs on 2 cores) a reboot once took longer than 90 s (test_storage), so: 180 s.
+SSH_TIMEOUT = 180
 
 DATA_LABEL = "homecloud-data"
 SPARE_LABEL = "homecloud-spare"
