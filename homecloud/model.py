@@ -45,7 +45,8 @@ from .schema import (  # noqa: F401  (re-exported: the operations and tests impo
     node_ip,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from . import REPO_ROOT  # noqa: E402, F401  (re-exported: tests and lab import it from here)
+
 DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
 
 

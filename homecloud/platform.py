@@ -40,7 +40,9 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-PLATFORM_DIR = Path(__file__).resolve().parent.parent / "kubernetes" / "platform"
+from homecloud import REPO_ROOT
+
+PLATFORM_DIR = REPO_ROOT / "kubernetes" / "platform"
 ADDONS = ("traefik", "longhorn")
 
 # Longhorn puts a default disk on, and runs its pods on, the nodes carrying this label. Give it

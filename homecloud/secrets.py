@@ -44,9 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-# The repository root (as homecloud.model has it; not imported from there: model imports the
-# layers, whose operations import this module).
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from . import REPO_ROOT
 
 SECRETS_DIR = REPO_ROOT / ".secrets"
 ALPHABET = string.ascii_letters + string.digits

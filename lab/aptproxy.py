@@ -250,11 +250,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(502, f"proxy cache error: {e}", t0, "-")
             return
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            stat = os.fstat(f.fileno())
+            size = stat.st_size
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
-            self.send_header("Last-Modified", self.date_time_string(os.fstat(f.fileno()).st_mtime))
+            self.send_header("Last-Modified", self.date_time_string(stat.st_mtime))
             self.end_headers()
             if body:
                 try:

@@ -10,9 +10,9 @@ the file and the schemas drift apart).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any, Mapping
 
+from homecloud import REPO_ROOT
 from homecloud.schema import Entries, Key, Kind, Layer, Section
 
 from . import base, dnas, k3s, keepalived, longhorn, network, nfs, samba
@@ -21,7 +21,7 @@ LAYERS: tuple[Layer, ...] = tuple(m.LAYER for m in (network, base, keepalived, k
 KEYS: dict[str, Key] = {key.name: key for layer in LAYERS for key in layer.keys}
 KINDS: dict[str, Kind] = {name: key.kind for name, key in KEYS.items()}
 ENTRIES: dict[str, Entries] = {name: key.entries for name, key in KEYS.items() if key.entries is not None}
-DEFAULTS_FILE = Path(__file__).resolve().parent.parent.parent / "group_data" / "all.py"
+DEFAULTS_FILE = REPO_ROOT / "group_data" / "all.py"
 
 
 def layer(name: str) -> Layer:
