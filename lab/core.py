@@ -636,17 +636,39 @@ def start_node(state: dict, node: dict) -> int:
     )
     pid = int(proc.stdout.strip())
     node["pid"] = pid
+    # Until the wrapper has exec'd (setsid, then sh, then nspawn) the node's processes cannot be
+    # recognised: a caller asking node_running() in that instant would take a booting node for a
+    # stopped one. Return only once nspawn runs.
+    if not wait_for(lambda: bool(_nspawn_pids(Path(node["root"]))), 30, 0.05):
+        tail = log_file.read_text(errors="replace").splitlines()[-20:] if log_file.exists() else []
+        raise LabError(f"{node['name']}: systemd-nspawn did not start (see {log_file})\n" + "\n".join(tail))
     return pid
 
 
 def wait_ssh(state: dict, nodes: list[dict], timeout: float = SSH_TIMEOUT) -> None:
-    """Wait until sshd answers on every node (in parallel); LabError naming the ones that do not."""
+    """Wait until sshd answers on every node (in parallel); LabError naming the ones that do not.
+
+    A node whose sshd has not answered after half the time is diagnosed (the findings go to the
+    log and into the error) and booted once more: CI once saw a node whose ssh.service was up
+    while the controller's `ssh true` failed for minutes, and the cause must be readable from
+    the run's output even after `lab down` removed the logs."""
     failed: list[str] = []
+    findings: list[str] = []
+
+    def answered(node: dict, seconds: float) -> bool:
+        return wait_for(lambda: ssh_ready(state, node) or not node_running(state, node), seconds, 0.3) and node_running(state, node)
 
     def one(node: dict) -> None:
-        ok = wait_for(lambda: ssh_ready(state, node) or not node_running(state, node), timeout, 0.3)
-        if not ok or not node_running(state, node):
+        if answered(node, timeout / 2):
+            return
+        report = diagnose_node(state, node)
+        log(f"{node['name']}: sshd did not answer within {timeout / 2:.0f} s; booting it once more. Findings:\n{report}")
+        findings.append(f"\n--- {node['name']} after {timeout / 2:.0f} s\n{report}")
+        stop_node(state, node)
+        start_node(state, node)
+        if not answered(node, timeout / 2):
             failed.append(node["name"])
+            findings.append(f"\n--- {node['name']} after the second boot\n{diagnose_node(state, node)}")
 
     threads = [threading.Thread(target=one, args=(n,)) for n in nodes]
     for t in threads:
@@ -655,7 +677,48 @@ def wait_ssh(state: dict, nodes: list[dict], timeout: float = SSH_TIMEOUT) -> No
         t.join()
     if failed:
         logs = state_dir(state["instance"]) / "logs"
-        raise LabError(f"sshd did not answer on {', '.join(sorted(failed))} within {timeout:.0f} s (see {logs})")
+        raise LabError(f"sshd did not answer on {', '.join(sorted(failed))} within {timeout:.0f} s, booted twice "
+                       f"(see {logs}){''.join(findings)}")
+
+
+def diagnose_node(state: dict, node: dict) -> str:
+    """What the controller and the node itself say about a node that does not answer ssh: the
+    TCP connect, the controller's neighbour entry and veth, the node's address, and inside the
+    node (nsenter) systemd's state, ssh.service and the listening sockets."""
+    out: list[str] = []
+
+    def run(title: str, argv: list[str]) -> None:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            text = (proc.stdout + proc.stderr).strip()
+        except (OSError, subprocess.TimeoutExpired) as e:
+            text = f"({type(e).__name__}: {e})"
+        out.append(f"$ {title}\n{text}")
+
+    try:
+        with socket.create_connection((node["ip"], 22), timeout=3):
+            tcp = "connected"
+    except OSError as e:
+        tcp = f"{type(e).__name__}: {e}"
+    out.append(f"tcp {node['ip']}:22 from the controller: {tcp}")
+    run("ip neigh (controller)", ["ip", "neigh", "show", node["ip"]])
+    run("ip link (node's veth)", ["ip", "-br", "link", "show", node["veth"]])
+    run("ip addr (node)", ["ip", "-n", node["netns"], "-br", "addr"])
+    pids = _nspawn_pids(Path(node["root"]))
+    init = container_init_pid(pids[0]) if pids else None
+    if init is None:
+        out.append(f"no container init (nspawn pids {pids})")
+        console = state_dir(state["instance"]) / "logs" / f"{node['name']}.log"
+        if console.exists():
+            tail = console.read_text(errors="replace").splitlines()[-20:]
+            out.append(f"$ tail {console}\n" + "\n".join(tail))
+    else:
+        enter = ["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", "--"]
+        run("systemctl is-system-running", enter + ["systemctl", "is-system-running"])
+        run("systemctl list-jobs", enter + ["systemctl", "list-jobs", "--no-pager"])
+        run("systemctl status ssh", enter + ["systemctl", "status", "--no-pager", "-n", "15", "ssh.service"])
+        run("ss -tlnp", enter + ["ss", "-tlnp"])
+    return "\n".join(out)
 
 
 def stop_node(state: dict, node: dict, crash: bool = False, timeout: float = 30) -> None:

@@ -270,6 +270,19 @@ def test_node_reboots_and_powers_itself_off(scratch):
     assert scratch.run("node2", "cat /root/reboot-test").stdout == "kept\n"
 
 
+def test_a_node_without_sshd_is_diagnosed_and_booted_again(scratch, capfd):
+    """sshd gone on a running node: waiting for it diagnoses the node (so a CI failure says why),
+    boots it once more, and the node answers again."""
+    scratch.run("node2", "systemctl stop ssh.socket ssh.service 2>/dev/null; systemctl stop ssh.service")
+    assert not core.ssh_ready(scratch.state(), scratch.node("node2"))
+    scratch.start("node2", timeout=30)  # running: only waits; half of it spent, then the reboot
+    err = capfd.readouterr().err
+    assert "node2: sshd did not answer within 15 s; booting it once more" in err, err
+    assert "tcp " in err and "ConnectionRefusedError" in err, err
+    assert re.search(r"ssh\.service.*\n.*Active: inactive", err), err
+    assert core.ssh_ready(scratch.state(), scratch.node("node2"))
+
+
 def test_reset_gives_a_fresh_node(scratch):
     scratch.run("node2", "echo junk > /root/junk")
     old = scratch.run("node2", "cat /etc/machine-id").stdout
