@@ -174,6 +174,13 @@ nfs_backend = "kernel"
 # Exports: path (relative to dnas_path), networks allowed (CIDR), read_only. Access is squashed
 # to dnas_uid/dnas_gid. NFSv3 and NFSv4.
 nfs_exports = [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}]
+# Fixed port of the NFSv3 helper services, so a firewall can let them through (they pick a
+# random port otherwise): mountd.
+nfs_mountd_port = 20048
+# statd (NFSv3 lock recovery).
+nfs_statd_port = 32765
+# lockd / NLM (NFSv3 locks), TCP and UDP.
+nfs_lockd_port = 32768
 
 # --- Validation -------------------------------------------------------------------------------
 # pyinfra runs this file after the inventory file and before it connects: check the inventory

@@ -191,6 +191,10 @@ BAD = {
         lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["0.0.0.0/0"]}]),
         "pi1: nfs_exports: network `0.0.0.0/0` opens the export to the whole internet",
     ),
+    "nfs_ports_clash": (
+        lambda ns: set_all(ns, nfs_statd_port=20048),
+        "pi1: nfs_statd_port: port 20048 is also nfs_mountd_port. Fix: give each NFS helper service its own port",
+    ),
     "dnas_bare_device": (
         lambda ns: set_host(ns, "pi1", dnas_device="/dev/sda1"),
         "pi1: dnas_device: `/dev/sda1` may name another disk after a reboot (USB order changes). Fix: use UUID=... or LABEL=...",

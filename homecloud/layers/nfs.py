@@ -14,7 +14,7 @@ from pyinfra.operations import systemd
 from operations import nfs as nfs_ops, system
 
 from .common import dnas_owner, owned_folders
-from homecloud.schema import Cluster, Entries, Key, Kind, Layer, Section, check_entries, check_relative, flag
+from homecloud.schema import Cluster, Entries, Key, Kind, Layer, Section, check_entries, check_relative, count, flag
 
 DNAS = ("dnas",)
 
@@ -30,6 +30,12 @@ def check(err, cluster: Cluster) -> None:
     for spec in cluster.group("dnas"):
         if spec.data.get("nfs_enabled") is not True:
             continue
+        ports = {key: spec.data.get(key, default) for key, default in (("nfs_mountd_port", 20048), ("nfs_statd_port", 32765), ("nfs_lockd_port", 32768))}
+        seen: dict = {}
+        for key, port in ports.items():
+            if isinstance(port, int) and port in seen:
+                err(spec.name, key, f"port {port} is also {seen[port]}", "give each NFS helper service its own port")
+            seen.setdefault(port, key)
         export_paths: set[str] = set()
         for export in check_entries(err, spec.name, "nfs_exports", spec.data.get("nfs_exports"), EXPORTS):
             check_relative(err, spec.name, "nfs_exports", export["path"])
@@ -71,6 +77,16 @@ LAYER = Layer(
             DNAS,
             EXPORTS,
         ),
+        Key(
+            "nfs_mountd_port",
+            count(1, 65535),
+            20048,
+            "Fixed port of the NFSv3 helper services, so a firewall can let them through (they pick a\n"
+            "random port otherwise): mountd.",
+            DNAS,
+        ),
+        Key("nfs_statd_port", count(1, 65535), 32765, "statd (NFSv3 lock recovery).", DNAS),
+        Key("nfs_lockd_port", count(1, 65535), 32768, "lockd / NLM (NFSv3 locks), TCP and UDP.", DNAS),
     ],
     reads=("dnas_path", "dnas_user", "dnas_uid", "dnas_gid"),
     check=check,
