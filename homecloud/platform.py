@@ -22,7 +22,13 @@ deploy time the plan is `k3s kubectl kustomize` on a server (`build(..., kubectl
 "kubectl"))`): every server has that kubectl, the same release as the cluster, so the
 controller needs no kubectl of its own and the credentials files go only to a root-only folder
 on a server. The built YAML is then written 0600 to
-/var/lib/rancher/k3s/server/manifests/homecloud-<addon>.yaml on every server (not built yet).
+/var/lib/rancher/k3s/server/manifests/homecloud-<addon>.yaml on every server.
+
+The deploy (homecloud/layers/platform.py) uses `stage()`: the files of the modules and of the
+overlays as one tree {relative path: text}, uploaded to a root-only folder on every k3s server
+and built there with `k3s kubectl kustomize` (the kustomize of the pinned, checksum-verified
+k3s binary: no other tool is downloaded or trusted at deploy time). `tree_digest()` is what the
+server's facts compute over the uploaded tree; `tombstone()` is the manifest of a disabled add-on.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ _NODE = re.compile(r"[a-z0-9]([-a-z0-9.]{0,61}[a-z0-9])?")
 _CRON_FIELD = re.compile(r"[0-9*/,\-]+")
 _NFS_TARGET = re.compile(r"nfs://[^/:\s]+:/\S*")
 _S3_TARGET = re.compile(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]@[a-z0-9\-]+/\S*")
+_CHART_VERSION = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
@@ -91,6 +98,9 @@ class Settings:
     longhorn_backup_cron: str = "0 3 * * *"
     longhorn_backup_retain: int = 14
     addons: tuple[str, ...] = field(default=ADDONS)
+    # None: the version written in kubernetes/platform/longhorn/helmchart.yaml (the one checked
+    # offline against its values.yaml).
+    longhorn_chart_version: str | None = None
 
 
 _KEYS = tuple(Settings.__dataclass_fields__)
@@ -166,6 +176,9 @@ def _check_longhorn(s: Settings) -> list[str]:
         problems.append(_problem("longhorn_replicas", f"{replicas} replicas on {len(nodes)} Longhorn nodes", f"at most {len(nodes)}: Longhorn puts each replica of a volume on another node"))
     if not isinstance(s.longhorn_data_path, str) or not s.longhorn_data_path.startswith("/") or s.longhorn_data_path.rstrip("/") in ("", "/var", "/var/lib"):
         problems.append(_problem("longhorn_data_path", f"{s.longhorn_data_path!r}", "an absolute folder of its own, like /var/lib/longhorn"))
+    version = s.longhorn_chart_version
+    if version is not None and not (isinstance(version, str) and _CHART_VERSION.fullmatch(version)):
+        problems.append(_problem("longhorn_chart_version", f"{version!r}", "a chart version like 1.12.1 (see charts.longhorn.io), or None for the tested one"))
     target = s.longhorn_backup_target
     if target is not None and not (_NFS_TARGET.fullmatch(str(target)) or _S3_TARGET.fullmatch(str(target))):
         problems.append(_problem("longhorn_backup_target", f"{target!r}", "nfs://server:/export/path or s3://bucket@region/path/ (or None for no backups)"))
@@ -348,13 +361,16 @@ def write_overlays(
     return overlays
 
 
-def _values_patch(obj: dict, values: dict) -> dict:
+def _values_patch(obj: dict, values: dict, version: str | None = None) -> dict:
     meta = obj["metadata"]
+    spec: dict[str, Any] = {"valuesContent": _values_content(values)}
+    if version is not None:
+        spec["version"] = version
     return {
         "apiVersion": obj["apiVersion"],
         "kind": obj["kind"],
         "metadata": {"name": meta["name"], "namespace": meta["namespace"]},
-        "spec": {"valuesContent": _values_content(values)},
+        "spec": spec,
     }
 
 
@@ -375,7 +391,7 @@ def _recurring_job(name: str, task: str, cron: str, retain: int) -> dict:
 
 def _write_longhorn(s: Settings, folder: Path, kustomization: dict, secret_files: Mapping, platform_dir: Path) -> None:
     obj = module_object("longhorn", "HelmChart", "longhorn", platform_dir)
-    _dump(folder / "values.yaml", _values_patch(obj, longhorn_values(s, platform_dir)))
+    _dump(folder / "values.yaml", _values_patch(obj, longhorn_values(s, platform_dir), s.longhorn_chart_version))
     kustomization["patches"].append({"path": "values.yaml"})
     snapshot = _recurring_job("snapshot-daily", "snapshot", s.longhorn_snapshot_cron, s.longhorn_snapshot_retain)
     _dump(folder / "snapshot-job.yaml", snapshot)
@@ -416,3 +432,86 @@ def build(overlay: str | os.PathLike, kubectl: Sequence[str] = ("kubectl",), tim
 
 def build_all(dest: str | os.PathLike, addons: Sequence[str] = ADDONS, kubectl: Sequence[str] = ("kubectl",)) -> dict[str, str]:
     return {addon: build(Path(dest) / addon, kubectl) for addon in addons if (Path(dest) / addon).is_dir()}
+
+
+# --- the tree a k3s server builds from ----------------------------------------------------------
+
+STAGE_MODULES = "modules"
+STAGE_OVERLAYS = "overlays"
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    text: str
+    secret: bool = False
+
+
+def stage(
+    settings: Settings,
+    secret_env: Mapping[str, Mapping[str, str]] | None = None,
+    platform_dir: Path = PLATFORM_DIR,
+) -> dict[str, StagedFile]:
+    """
+    Every file a server needs to build the add-ons of `settings`: ``modules/<addon>/...`` (the
+    module as in the repository) and ``overlays/<addon>/...`` (`write_overlays`), as
+    {relative path: StagedFile}. secret_env: {"longhorn-backup": {KEY: value}} for the files a
+    secretGenerator reads; they are marked secret (uploaded 0600, never shown). Nothing is left
+    on the controller's disk: the overlays are written to a private temporary folder and read back.
+    """
+    import tempfile
+
+    files: dict[str, StagedFile] = {}
+    with tempfile.TemporaryDirectory(prefix="homecloud-platform-") as tmp:
+        root = Path(tmp)
+        modules = root / STAGE_MODULES
+        for addon in settings.addons:
+            shutil.copytree(Path(platform_dir) / addon, modules / addon)
+        secret_files = {}
+        for key, pairs in (secret_env or {}).items():
+            path = root / "env" / f"{key}.env"
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("".join(f"{k}={v}\n" for k, v in pairs.items()))
+            secret_files[key] = path
+        write_overlays(settings, root / STAGE_OVERLAYS, secret_files, platform_dir=modules)
+        for top in (STAGE_MODULES, STAGE_OVERLAYS):
+            for path in sorted((root / top).rglob("*")):
+                if path.is_file():
+                    rel = path.relative_to(root).as_posix()
+                    files[rel] = StagedFile(path.read_text(), secret="/secrets/" in f"/{rel}")
+    return files
+
+
+def tree_digest(files: Mapping[str, StagedFile | str], addon: str) -> str:
+    """
+    The digest facts.platform.PlatformBuilds computes on a server over the files of one add-on:
+    `sha1sum <path>` of every file of modules/<addon> and overlays/<addon> in byte order, then
+    the sha1 of those lines.
+    """
+    import hashlib
+
+    prefixes = (f"{STAGE_MODULES}/{addon}/", f"{STAGE_OVERLAYS}/{addon}/")
+    lines = ""
+    for rel in sorted((r for r in files if r.startswith(prefixes)), key=lambda r: r.encode()):
+        item = files[rel]
+        text = item.text if isinstance(item, StagedFile) else item
+        lines += f"{hashlib.sha1(text.encode()).hexdigest()}  {rel}\n"
+    return hashlib.sha1(lines.encode()).hexdigest()
+
+
+def tombstone(addon: str) -> str:
+    """
+    The manifest of an add-on that was deployed and is now disabled: no object at all. k3s's
+    deploy controller applies a changed manifest as the complete set of objects its Addon owns
+    and prunes the others (k3s-io/k3s pkg/deploy/controller.go, `deploy`: `apply.WithOwner(addon)
+    .WithGVK(<GVKs applied before>).Apply(objects)`), so an empty file deletes everything the
+    add-on created; a deleted HelmChart is uninstalled by the helm controller. Removing the file
+    instead would orphan it all: the controller only walks the files that exist (`listFilesIn`),
+    and only the names in k3s's own `--disable` list are cleaned up on removal.
+    """
+    return (
+        f"# homecloud: the {addon} add-on is disabled (deploys/platform.py). k3s applies this empty\n"
+        "# manifest and deletes what the add-on created before. Keep this file: without it the\n"
+        "# objects would stay in the cluster with nothing managing them.\n"
+    )

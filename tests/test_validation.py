@@ -482,6 +482,42 @@ BAD = {
         lambda ns: set_host(ns, "pi4", longhorn_device="/dev/sdb"),
         "pi4: longhorn_device: `/dev/sdb` may name another disk after a reboot. Fix: use UUID=... or LABEL=... (see `blkid`), or /dev/disk/by-id/...",
     ),
+    "platform_acme_without_domain": (
+        lambda ns: set_all(ns, platform_tls="acme", platform_acme_email="me@example.org"),
+        'pi1: platform_domain: platform_tls is "acme" but no domain is given. Fix: set platform_domain',
+    ),
+    "platform_acme_local_domain": (
+        lambda ns: set_all(ns, platform_tls="acme", platform_domain="cloud.home.arpa", platform_acme_email="me@example.org"),
+        "pi1: platform_domain: `cloud.home.arpa` is a LAN-only name",
+    ),
+    "platform_s3_without_credentials": (
+        lambda ns: set_all(ns, platform_backup_target="s3://my-bucket@us-east-1/homecloud/"),
+        "pi1: platform_backup_s3_access_key_id: the S3 backup target needs credentials, and there are none in the secret store",
+    ),
+    "platform_nfs_export_missing": (
+        lambda ns: set_all(ns, platform_backup_target="nfs://pi1/longhorn-backup"),
+        "pi1: platform_backup_target: pi1 has no NFS export `longhorn-backup` (its nfs_exports: data). Fix: add",
+    ),
+    "platform_nfs_not_dnas": (
+        lambda ns: set_all(ns, platform_backup_target="nfs://pi3/data"),
+        "pi1: platform_backup_target: `pi3` is not a dnas node. Fix: name one of the dnas group (pi1, pi2)",
+    ),
+    "platform_more_replicas_than_nodes": (
+        lambda ns: set_host(set_host(set_all(ns, platform_longhorn_replicas=3), "pi3", longhorn_enabled=False), "pi4", longhorn_enabled=False),
+        "pi1: platform_longhorn_replicas: 3 replicas but 2 Longhorn node(s) (pi1, pi2). Fix: at most 2",
+    ),
+    "platform_addon_with_k3s_off": (
+        lambda ns: set_all(ns, k3s_install="off", platform_longhorn=True),
+        'pi1: platform_longhorn: True, but k3s_install is "off"',
+    ),
+    "platform_differs_between_servers": (
+        lambda ns: set_host(ns, "pi2", platform_tls="acme"),
+        "pi2: platform_tls: differs from pi1's: the platform is one per cluster",
+    ),
+    "platform_bad_cron": (
+        lambda ns: set_all(ns, platform_snapshot_cron="daily"),
+        "pi1: platform_snapshot_cron: 'daily'. Fix: five cron fields",
+    ),
 }
 
 
