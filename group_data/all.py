@@ -218,6 +218,24 @@ platform_snapshot_retain = 7
 # Daily backup to platform_backup_target and how many to keep.
 platform_backup_cron = "0 3 * * *"
 platform_backup_retain = 14
+# kube-prometheus-stack (Prometheus, Alertmanager, Grafana at grafana.<domain>, node-exporter on every
+# node), about 1.2 GiB of memory on the cluster. Off by default: the inventory has no key for a node's
+# memory, so homecloud cannot tell a 4 GB cluster from a 1 GB one. Needs "etcd-expose-metrics": True
+# in k3s_server_config.
+platform_monitoring = False
+# SECRET (monitoring): Grafana's admin password (user admin).
+platform_grafana_admin_password = None
+# Where alerts go: "email", "webhook" (ntfy, Gotify ...); None: the Alertmanager UI only.
+platform_alert_receiver = None
+# E-mail receiver: to, from, the SMTP server (host:port, STARTTLS) and its user.
+platform_alert_email_to = None
+platform_alert_email_from = None
+platform_alert_smtp_smarthost = None
+platform_alert_smtp_username = None
+# SECRET (e-mail receiver): the SMTP password.
+platform_alert_smtp_password = None
+# SECRET (webhook receiver): the URL alerts are POSTed to (it often holds a token).
+platform_alert_webhook_url = None
 # Seconds to wait for the add-ons' install jobs and workloads.
 platform_ready_timeout = 900
 

@@ -49,7 +49,8 @@ import yaml
 from homecloud import REPO_ROOT
 
 PLATFORM_DIR = REPO_ROOT / "kubernetes" / "platform"
-ADDONS = ("traefik", "longhorn")
+ADDONS = ("traefik", "longhorn", "monitoring")
+DEFAULT_ADDONS = ("traefik", "longhorn")
 
 # Longhorn puts a default disk on, and runs its pods on, the nodes carrying this label. Give it
 # to the Longhorn nodes with k3s_node_labels.
@@ -97,10 +98,17 @@ class Settings:
     longhorn_snapshot_retain: int = 7
     longhorn_backup_cron: str = "0 3 * * *"
     longhorn_backup_retain: int = 14
-    addons: tuple[str, ...] = field(default=ADDONS)
+    addons: tuple[str, ...] = field(default=DEFAULT_ADDONS)
     # None: the version written in kubernetes/platform/longhorn/helmchart.yaml (the one checked
     # offline against its values.yaml).
     longhorn_chart_version: str | None = None
+    # monitoring: the servers' addresses (etcd's metrics), the Alertmanager receiver.
+    server_ips: tuple[str, ...] = ()
+    alert_receiver: str | None = None  # None, "email" or "webhook"
+    alert_email_to: str | None = None
+    alert_email_from: str | None = None
+    alert_smtp_smarthost: str | None = None
+    alert_smtp_username: str | None = None
 
 
 _KEYS = tuple(Settings.__dataclass_fields__)
@@ -161,6 +169,28 @@ def check(s: Settings) -> list[str]:
         problems.append(_problem("addons", f"{list(s.addons)!r}", f"a list without repeats of {', '.join(ADDONS)}"))
     if "longhorn" in s.addons:
         problems.extend(_check_longhorn(s))
+    if "monitoring" in s.addons:
+        problems.extend(_check_monitoring(s))
+    return problems
+
+
+def _check_monitoring(s: Settings) -> list[str]:
+    problems = []
+    ips = s.server_ips
+    try:
+        good = bool(ips) and all(ipaddress.ip_address(str(ip)) for ip in ips)
+    except ValueError:
+        good = False
+    if not good:
+        problems.append(_problem("server_ips", f"{list(ips)!r}", "the k3s servers' addresses (etcd's metrics are scraped there)"))
+    if s.alert_receiver not in (None, "email", "webhook"):
+        problems.append(_problem("alert_receiver", f"{s.alert_receiver!r}", "None (alerts in the UI only), email or webhook"))
+    if s.alert_receiver == "email":
+        for key in ("alert_email_to", "alert_email_from"):
+            if not isinstance(getattr(s, key), str) or not _EMAIL.fullmatch(getattr(s, key)):
+                problems.append(_problem(key, f"{getattr(s, key)!r} is not an e-mail address", "give the address alerts go to / come from"))
+        if not isinstance(s.alert_smtp_smarthost, str) or not re.fullmatch(r"[A-Za-z0-9.-]+:[0-9]{1,5}", s.alert_smtp_smarthost):
+            problems.append(_problem("alert_smtp_smarthost", f"{s.alert_smtp_smarthost!r}", "host:port of your mail server, like smtp.example.org:587"))
     return problems
 
 
@@ -330,7 +360,9 @@ def write_overlays(
 ) -> dict[str, Path]:
     """
     One kustomize overlay per add-on in dest/<addon>/, over kubernetes/platform/<addon>.
-    secret_files: {"longhorn-backup": KEY=value file} for an S3 backup target. Returns
+    secret_files: KEY=value files: {"longhorn-backup": ...} for an S3 backup target (AWS_*),
+    {"monitoring": ...} for monitoring (GRAFANA_ADMIN_PASSWORD; SMTP_PASSWORD for an e-mail
+    receiver, WEBHOOK_URL for a webhook receiver). Returns
     {addon: overlay folder}. Files holding secrets are written 0600.
     """
     problems = check(settings)
@@ -354,6 +386,8 @@ def write_overlays(
         }
         if addon == "traefik":
             _write_traefik(settings, folder, kustomization, platform_dir)
+        elif addon == "monitoring":
+            _write_monitoring(settings, folder, kustomization, secret_files, platform_dir)
         else:
             _write_longhorn(settings, folder, kustomization, secret_files, platform_dir)
         _dump(folder / "kustomization.yaml", kustomization)
@@ -413,6 +447,81 @@ def _write_longhorn(s: Settings, folder: Path, kustomization: dict, secret_files
         # Longhorn finds the Secret by this exact name (backupTargetCredentialSecret), inside a
         # values string kustomize does not rewrite: no hash suffix.
         kustomization["generatorOptions"] = {"disableNameSuffixHash": True}
+
+
+MONITORING_NAMESPACE = "monitoring"
+GRAFANA_ADMIN_SECRET = "grafana-admin"
+# kube-prometheus-stack's Alertmanager reads alertmanager-<release>-alertmanager when
+# alertmanager.alertmanagerSpec.useExistingSecret is true (the release is the HelmChart's name).
+ALERTMANAGER_SECRET = "alertmanager-kube-prometheus-stack-alertmanager"
+MONITORING_REQUIRED_KEYS = ("GRAFANA_ADMIN_PASSWORD",)
+MONITORING_OPTIONAL_KEYS = ("SMTP_PASSWORD", "WEBHOOK_URL")
+
+
+def grafana_host(s: Settings) -> str:
+    return f"grafana.{s.domain}"
+
+
+def monitoring_values(s: Settings, platform_dir: Path = PLATFORM_DIR) -> dict:
+    base = _values_of(module_object("monitoring", "HelmChart", "kube-prometheus-stack", platform_dir))
+    host = grafana_host(s)
+    annotations = {}
+    if s.tls == "acme":
+        annotations["traefik.ingress.kubernetes.io/router.tls.certresolver"] = ACME_RESOLVER
+    over: dict[str, Any] = {
+        "kubeEtcd": {"endpoints": list(s.server_ips)},
+        # No secretName: Traefik serves its default certificate (self-signed) or the ACME one.
+        "grafana": {"ingress": {"hosts": [host], "tls": [{"hosts": [host]}], "annotations": annotations}},
+    }
+    return merge(base, over)
+
+
+def alertmanager_config(s: Settings, secrets: Mapping[str, str]) -> str:
+    """alertmanager.yaml: every alert to the receiver of the settings; Watchdog and InfoInhibitor nowhere."""
+    receiver: dict[str, Any] = {"name": "homecloud"}
+    if s.alert_receiver == "email":
+        receiver["email_configs"] = [{
+            "to": s.alert_email_to, "from": s.alert_email_from, "smarthost": s.alert_smtp_smarthost,
+            "auth_username": s.alert_smtp_username or s.alert_email_from,
+            "auth_password": secrets.get("SMTP_PASSWORD", ""), "require_tls": True, "send_resolved": True,
+        }]
+    elif s.alert_receiver == "webhook":
+        receiver["webhook_configs"] = [{"url": secrets.get("WEBHOOK_URL", ""), "send_resolved": True}]
+    config = {
+        "route": {
+            "receiver": "homecloud", "group_by": ["alertname", "instance"], "group_wait": "30s",
+            "group_interval": "5m", "repeat_interval": "12h",
+            "routes": [{"matchers": ['alertname = "Watchdog"'], "receiver": "null"}, {"matchers": ['alertname = "InfoInhibitor"'], "receiver": "null"}],
+        },
+        "receivers": [{"name": "null"}, receiver],
+    }
+    return yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
+
+
+def _private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+
+
+def _write_monitoring(s: Settings, folder: Path, kustomization: dict, secret_files: Mapping, platform_dir: Path) -> None:
+    obj = module_object("monitoring", "HelmChart", "kube-prometheus-stack", platform_dir)
+    _dump(folder / "values.yaml", _values_patch(obj, monitoring_values(s, platform_dir)))
+    kustomization["patches"].append({"path": "values.yaml"})
+    source = _secret_file(secret_files, "monitoring", MONITORING_REQUIRED_KEYS, MONITORING_OPTIONAL_KEYS)
+    secrets = _read_env_file(source)
+    needed = {"email": "SMTP_PASSWORD", "webhook": "WEBHOOK_URL"}.get(s.alert_receiver or "")
+    if needed and not secrets.get(needed):
+        raise PlatformError(f"platform: {source}: the {s.alert_receiver} receiver needs {needed}")
+    _private(folder / "secrets" / "grafana-admin.env", f"admin-user=admin\nadmin-password={secrets['GRAFANA_ADMIN_PASSWORD']}\n")
+    _private(folder / "secrets" / "alertmanager.yaml", alertmanager_config(s, secrets))
+    kustomization["secretGenerator"] = [
+        {"name": GRAFANA_ADMIN_SECRET, "namespace": MONITORING_NAMESPACE, "type": "Opaque", "envs": ["secrets/grafana-admin.env"]},
+        {"name": ALERTMANAGER_SECRET, "namespace": MONITORING_NAMESPACE, "type": "Opaque", "files": ["alertmanager.yaml=secrets/alertmanager.yaml"]},
+    ]
+    # The chart finds both Secrets by these exact names (values kustomize does not rewrite).
+    kustomization["generatorOptions"] = {"disableNameSuffixHash": True}
 
 
 # --- build ------------------------------------------------------------------------------------

@@ -129,6 +129,9 @@ def python_call_wait_ready(kubeconfig: str, context: str, expected_nodes: list[s
 PLATFORM_EXPECT: dict[str, dict[str, Any]] = {
     "traefik": {"jobs": [("kube-system", "helm-install-traefik")], "workloads": [("kube-system", "Deployment", "traefik")], "namespaces": []},
     "longhorn": {"jobs": [("kube-system", "helm-install-longhorn")], "workloads": [], "namespaces": ["longhorn-system"]},
+    # Prometheus and Alertmanager are StatefulSets the operator makes; the operator, Grafana,
+    # kube-state-metrics (Deployments) and node-exporter (DaemonSet) are checked.
+    "monitoring": {"jobs": [("kube-system", "helm-install-kube-prometheus-stack")], "workloads": [], "namespaces": ["monitoring"]},
 }
 
 

@@ -73,6 +73,23 @@ def test_s3_credentials_go_to_a_secret_env_file_only():
     assert not any("s3cr3t-Value-not-in-argv" in f.text for rel, f in files.items() if rel not in secret)
 
 
+def test_monitoring_settings_and_secrets():
+    namespace = set_all(
+        good_inventory(), platform_monitoring=True, platform_grafana_admin_password="grafana-Passw0rd-not-real",
+        k3s_server_config={"etcd-expose-metrics": True}, platform_alert_receiver="webhook",
+        platform_alert_webhook_url="https://ntfy.example.org/topic-not-real",
+    )
+    cluster = cluster_of(namespace)
+    settings = layer.settings_for(cluster)
+    assert settings.addons == ("traefik", "longhorn", "monitoring")
+    assert settings.server_ips == ("192.168.1.11", "192.168.1.12", "192.168.1.13")
+    files = hp.stage(settings, layer.secret_env(cluster.group("k3s_servers")[0].data))
+    secret = {rel for rel, f in files.items() if f.secret}
+    assert secret == {"overlays/monitoring/secrets/alertmanager.yaml", "overlays/monitoring/secrets/grafana-admin.env"}
+    assert "topic-not-real" in files["overlays/monitoring/secrets/alertmanager.yaml"].text
+    assert not any(("topic-not-real" in f.text or "grafana-Passw0rd" in f.text) for rel, f in files.items() if rel not in secret)
+
+
 def test_longhorn_off_and_traefik_off():
     namespace = set_all(good_inventory(), platform_longhorn=False, platform_traefik=False)
     assert layer.addons_of(cluster_of(namespace)) == ()

@@ -20,6 +20,7 @@ missing.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import re
 import shutil
@@ -87,6 +88,9 @@ CRD_SCHEMAS = {
     ("helm.cattle.io/v1", "HelmChart"): ("helm-controller", "HelmChart"),
     ("helm.cattle.io/v1", "HelmChartConfig"): ("helm-controller", "HelmChartConfig"),
     ("longhorn.io/v1beta2", "RecurringJob"): ("longhorn-recurringjob", None),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ("prometheus-operator", "PrometheusRule"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ("prometheus-operator", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"): ("prometheus-operator", "PodMonitor"),
 }
 
 
@@ -95,6 +99,9 @@ def crd_schema(source: str, kind: str | None) -> dict:
         version = VERSIONS["k3s_bundled_helm_controller"].get(pinned_k3s())
         assert version, f"tests/data/platform/versions.yaml: no helm-controller for k3s {pinned_k3s()}"
         schema = json.loads((DATA / f"helm-controller-{version}.schema.json").read_text())
+        return {**schema, "$ref": f"#/$defs/{kind}"}
+    if source == "prometheus-operator":
+        schema = json.loads((DATA / f"prometheus-operator-kps-{monitoring_chart_version()}.schema.json").read_text())
         return {**schema, "$ref": f"#/$defs/{kind}"}
     return json.loads((DATA / f"longhorn-{longhorn_chart_version()}-recurringjob.schema.json").read_text())
 
@@ -171,12 +178,19 @@ def longhorn_chart_version() -> str:
     return helmchart["spec"]["version"]
 
 
+def monitoring_chart_version() -> str:
+    helmchart = yaml.safe_load((PLATFORM / "monitoring" / "helmchart.yaml").read_text())
+    return helmchart["spec"]["version"]
+
+
 def chart_keys_for(obj: dict) -> list[str] | None:
     """The key list for the chart an object configures; None for objects without values."""
     if obj.get("kind") == "HelmChartConfig" and obj["metadata"]["name"] == "traefik":
         return load_keys(f"traefik-{traefik_chart_version()}")
     if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "longhorn":
         return load_keys(f"longhorn-{obj['spec']['version']}")
+    if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "kube-prometheus-stack":
+        return load_keys(f"kube-prometheus-stack-{obj['spec']['version']}")
     if obj.get("kind") in ("HelmChart", "HelmChartConfig"):
         raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: no key list for its chart; add one")
     return None
@@ -203,6 +217,7 @@ def values_errors(objects: list[dict]) -> list[str]:
 CLUSTER_SCOPED = {"Namespace", "StorageClass", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "CustomResourceDefinition"}
 SYSTEM_NAMESPACES = {"kube-system"}
 SEMVER = re.compile(r"v?\d+\.\d+\.\d+")
+NOT_SECRET_KEY = re.compile(r"(^|[-_])(user|username)$", re.I)
 SECRETISH = re.compile(r"(password|passwd|secret|token|apikey|api_key|accesskey|access_key|privatekey|credential)", re.I)
 
 
@@ -248,9 +263,11 @@ def policy_errors(objects: list[dict]) -> list[str]:
     secret_values = set()
     for obj in objects:
         if obj.get("kind") == "Secret":
-            for value in (obj.get("data") or {}).values():
-                secret_values.add(base64.b64decode(value).decode("utf-8", "replace"))
-            secret_values |= set((obj.get("stringData") or {}).values())
+            # A user name kept beside its password (Grafana's admin-user) is not a secret.
+            for key, value in (obj.get("data") or {}).items():
+                if not NOT_SECRET_KEY.search(key):
+                    secret_values.add(base64.b64decode(value).decode("utf-8", "replace"))
+            secret_values |= {v for k, v in (obj.get("stringData") or {}).items() if not NOT_SECRET_KEY.search(k)}
     secret_values = {v for v in secret_values if len(v) >= 4}
     for obj in objects:
         kind, meta = obj.get("kind"), obj.get("metadata", {})
@@ -299,6 +316,9 @@ def policy_errors(objects: list[dict]) -> list[str]:
             for path in value_paths(values):
                 leaf = path.rsplit(".", 1)[-1]
                 if SECRETISH.search(leaf) and not re.search(r"(Secret|SecretName|secretName|Secrets|Ref)$", leaf):
+                    parent = _get(values, path.rsplit(".", 1)[0]) if "." in path else values
+                    if leaf.endswith("Key") and isinstance(parent, dict) and parent.get("existingSecret"):
+                        continue  # the name of a key in that existing Secret, not a value
                     value = _get(values, path)
                     if value not in (None, "", {}, []) and not isinstance(value, (dict, bool)):
                         errors.append(f"{what}: valuesContent {path} holds a value; secrets go in a Secret")
@@ -328,12 +348,14 @@ def test_the_pins_have_their_test_data(kv):
     assert f"{minor}.0" in kv.utils.all_versions(), f"kubernetes-validate has no schemas for Kubernetes {minor}"
     assert (DATA / f"traefik-{traefik_chart_version()}.values-keys.txt").is_file()
     assert (DATA / f"longhorn-{longhorn_chart_version()}.values-keys.txt").is_file()
+    assert (DATA / f"kube-prometheus-stack-{monitoring_chart_version()}.values-keys.txt").is_file()
+    assert (DATA / f"prometheus-operator-kps-{monitoring_chart_version()}.schema.json").is_file()
     assert (DATA / f"longhorn-{longhorn_chart_version()}-recurringjob.schema.json").is_file()
     assert (DATA / f"helm-controller-{VERSIONS['k3s_bundled_helm_controller'][pinned_k3s()]}.schema.json").is_file()
 
 
 def test_there_are_modules():
-    assert {"traefik", "longhorn"} <= set(MODULES)
+    assert {"traefik", "longhorn", "monitoring"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -448,6 +470,8 @@ def test_policy_checks_fail_on_bad_manifests():
 
 S3_ENV = "AWS_ACCESS_KEY_ID=AKIAHOMECLOUDTEST\nAWS_SECRET_ACCESS_KEY=not-a-real-secret-4f9c2e\nAWS_ENDPOINTS=https://minio.lan:9000\n"
 
+MONITORING_ENV = "GRAFANA_ADMIN_PASSWORD=grafana-not-real-7d1e\nSMTP_PASSWORD=smtp-not-real-2b8a\nWEBHOOK_URL=https://ntfy.example.org/hc-topic-not-real-91c3\n"
+
 OVERLAYS = {
     "lan-selfsigned": {"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1", "pi2", "pi3"]},
     "acme-nfs-backup": {
@@ -461,6 +485,17 @@ OVERLAYS = {
         "acme_server": "staging", "acme_storage_class": "local-path", "longhorn_nodes": ["node1", "node2"],
         "longhorn_backup_target": "s3://homecloud-backups@eu-west-1/longhorn/",
     },
+    "monitoring-email": {
+        "domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1", "pi2", "pi3"],
+        "addons": ["traefik", "longhorn", "monitoring"], "server_ips": ["192.168.1.11", "192.168.1.12", "192.168.1.13"],
+        "alert_receiver": "email", "alert_email_to": "me@example.org", "alert_email_from": "cluster@example.org",
+        "alert_smtp_smarthost": "smtp.example.org:587",
+    },
+    "monitoring-acme-webhook": {
+        "domain": "cloud.example.org", "lan_cidr": "10.0.0.0/16", "tls": "acme", "acme_email": "admin@example.org",
+        "acme_storage_class": "local-path", "addons": ["traefik", "monitoring"], "server_ips": ["10.0.0.2"],
+        "alert_receiver": "webhook",
+    },
     "traefik-only": {"domain": "home.example.org", "lan_cidr": "192.168.178.0/24", "tls": "acme", "acme_email": "a@example.org",
                      "acme_storage_class": "local-path", "addons": ["traefik"]},
 }
@@ -472,7 +507,9 @@ def write(tmp_path: Path, name: str):
     settings = platform.settings_from_dict(OVERLAYS[name])
     env = tmp_path / "s3.env"
     env.write_text(S3_ENV)
-    overlays = platform.write_overlays(settings, tmp_path / "overlay", secret_files={"longhorn-backup": env})
+    monitoring = tmp_path / "monitoring.env"
+    monitoring.write_text(MONITORING_ENV)
+    overlays = platform.write_overlays(settings, tmp_path / "overlay", secret_files={"longhorn-backup": env, "monitoring": monitoring})
     return settings, overlays
 
 
@@ -502,6 +539,8 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
     else:
         assert "certResolvers" not in values and "persistence" not in values
 
+    if "monitoring" in built:
+        check_monitoring_overlay(settings, built["monitoring"])
     if "longhorn" not in built:
         return
     objects = {(o["kind"], o["metadata"]["name"]): o for o in built["longhorn"]}
@@ -613,3 +652,61 @@ def test_a_failed_build_says_why(tmp_path, kubectl, monkeypatch):
     monkeypatch.setattr(platform.subprocess, "run", missing)
     with pytest.raises(platform.PlatformError, match="k3s not found: .* k3s kubectl"):
         platform.build(tmp_path, kubectl=("k3s", "kubectl"))
+
+
+def check_monitoring_overlay(settings, objects: list[dict]) -> None:
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    values = yaml.safe_load(by["HelmChart", "kube-prometheus-stack"]["spec"]["valuesContent"])
+    host = f"grafana.{settings.domain}"
+    assert values["grafana"]["ingress"]["hosts"] == [host] and values["grafana"]["ingress"]["tls"] == [{"hosts": [host]}]
+    resolver = values["grafana"]["ingress"]["annotations"].get("traefik.ingress.kubernetes.io/router.tls.certresolver")
+    assert resolver == ("letsencrypt" if settings.tls == "acme" else None)
+    assert values["kubeEtcd"]["endpoints"] == list(settings.server_ips)
+    assert values["grafana"]["admin"]["existingSecret"] == "grafana-admin"
+    admin = by["Secret", "grafana-admin"]
+    assert admin["metadata"]["namespace"] == "monitoring"
+    assert base64.b64decode(admin["data"]["admin-password"]).decode() == "grafana-not-real-7d1e"
+    config = yaml.safe_load(base64.b64decode(by["Secret", "alertmanager-kube-prometheus-stack-alertmanager"]["data"]["alertmanager.yaml"]))
+    [receiver] = [r for r in config["receivers"] if r["name"] == config["route"]["receiver"]]
+    if settings.alert_receiver == "email":
+        [email] = receiver["email_configs"]
+        assert (email["to"], email["smarthost"], email["auth_password"]) == (settings.alert_email_to, settings.alert_smtp_smarthost, "smtp-not-real-2b8a")
+    else:
+        assert receiver["webhook_configs"] == [{"url": "https://ntfy.example.org/hc-topic-not-real-91c3", "send_resolved": True}]
+    text = yaml.safe_dump_all(o for o in objects if o["kind"] != "Secret")
+    assert not any(secret in text for secret in ("grafana-not-real", "smtp-not-real", "hc-topic-not-real"))
+
+
+def test_monitoring_module_does_what_the_issue_asks(kubectl, kv, jsonschema):
+    objects = build(kubectl, PLATFORM / "monitoring")
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    values = yaml.safe_load(by["HelmChart", "kube-prometheus-stack"]["spec"]["valuesContent"])
+    spec = values["prometheus"]["prometheusSpec"]
+    assert spec["scrapeInterval"] == "60s" and spec["retention"] and spec["retentionSize"]
+    assert spec["resources"]["limits"]["memory"] and spec["resources"]["requests"]["memory"]
+    exporter = values["prometheus-node-exporter"]
+    assert exporter["tolerations"] == [{"operator": "Exists"}], "node-exporter on every node"
+    assert "--collector.textfile.directory=/host/root/var/lib/prometheus/node-exporter" in exporter["extraArgs"]
+    assert values["alertmanager"]["alertmanagerSpec"]["useExistingSecret"] is True
+    alerts = {r["alert"]: r["expr"] for g in by["PrometheusRule", "homecloud"]["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "HomecloudNodeDown", "HomecloudFilesystemFilling", "HomecloudLonghornVolumeDegraded", "HomecloudLonghornVolumeFaulted",
+        "HomecloudBackupTooOld", "HomecloudCertificateExpiring", "HomecloudEtcdMemberDown",
+    }
+    assert "homecloud_backup_last_success_timestamp_seconds" in alerts["HomecloudBackupTooOld"]
+    # The custom resources are really checked: a misspelt field of a rule is refused.
+    broken = copy.deepcopy(by["PrometheusRule", "homecloud"])
+    broken["spec"]["groups"][0]["rules"][0]["expresion"] = broken["spec"]["groups"][0]["rules"][0].pop("expr")
+    assert schema_errors([broken], kv, jsonschema, k8s_minor(pinned_k3s()))
+
+
+def test_monitoring_needs_its_secrets(tmp_path):
+    from homecloud import platform
+
+    settings = platform.settings_from_dict(OVERLAYS["monitoring-email"])
+    env = tmp_path / "monitoring.env"
+    env.write_text("GRAFANA_ADMIN_PASSWORD=x-not-real\n")
+    with pytest.raises(platform.PlatformError, match="the email receiver needs SMTP_PASSWORD"):
+        platform.write_overlays(settings, tmp_path / "overlay", secret_files={"monitoring": env})
+    with pytest.raises(platform.PlatformError, match="secret_files\\['monitoring'\\]"):
+        platform.write_overlays(settings, tmp_path / "overlay2", secret_files={})

@@ -514,6 +514,26 @@ BAD = {
         lambda ns: set_host(ns, "pi2", platform_tls="acme"),
         "pi2: platform_tls: differs from pi1's: the platform is one per cluster",
     ),
+    "platform_monitoring_without_grafana_password": (
+        lambda ns: set_all(ns, platform_monitoring=True, k3s_server_config={"etcd-expose-metrics": True}),
+        "pi1: platform_grafana_admin_password: monitoring is on but Grafana's admin password is not in the secret store",
+    ),
+    "platform_monitoring_without_etcd_metrics": (
+        lambda ns: set_all(ns, platform_monitoring=True, platform_grafana_admin_password="a-long-random-Passw0rd"),
+        "pi2: k3s_server_config: monitoring is on but etcd's metrics are only on 127.0.0.1",
+    ),
+    "platform_webhook_without_url": (
+        lambda ns: set_all(ns, platform_monitoring=True, platform_grafana_admin_password="a-long-random-Passw0rd",
+                           k3s_server_config={"etcd-expose-metrics": True}, platform_alert_receiver="webhook"),
+        "pi1: platform_alert_webhook_url: the webhook alert receiver needs it, and it is not in the secret store",
+    ),
+    "platform_email_without_smarthost": (
+        lambda ns: set_all(ns, platform_monitoring=True, platform_grafana_admin_password="a-long-random-Passw0rd",
+                           k3s_server_config={"etcd-expose-metrics": True}, platform_alert_receiver="email",
+                           platform_alert_email_to="me@example.org", platform_alert_email_from="hc@example.org",
+                           platform_alert_smtp_password="a-long-random-Passw0rd"),
+        "pi1: platform_alert_smtp_smarthost: None. Fix: host:port of your mail server",
+    ),
     "platform_bad_cron": (
         lambda ns: set_all(ns, platform_snapshot_cron="daily"),
         "pi1: platform_snapshot_cron: 'daily'. Fix: five cron fields",

@@ -51,7 +51,14 @@ FIELD_KEYS = {
     "longhorn_chart_version": "platform_longhorn_chart_version",
     "acme_storage_class": "platform_tls",
     "addons": "platform_longhorn",
+    "server_ips": "node_ip",
+    "alert_receiver": "platform_alert_receiver",
+    "alert_email_to": "platform_alert_email_to",
+    "alert_email_from": "platform_alert_email_from",
+    "alert_smtp_smarthost": "platform_alert_smtp_smarthost",
+    "alert_smtp_username": "platform_alert_smtp_username",
 }
+MONITORING_SECRETS = {"email": "platform_alert_smtp_password", "webhook": "platform_alert_webhook_url"}
 
 
 def _k3s_on(spec: HostSpec) -> bool:
@@ -77,6 +84,8 @@ def addons_of(cluster: Cluster) -> tuple[str, ...]:
     longhorn = data.get("platform_longhorn")
     if longhorn is True or (longhorn is None and longhorn_nodes(cluster)):
         addons.append("longhorn")
+    if data.get("platform_monitoring") is True:
+        addons.append("monitoring")
     return tuple(addons)
 
 
@@ -131,20 +140,35 @@ def settings_for(cluster: Cluster) -> hp.Settings:
         longhorn_backup_retain=data.get("platform_backup_retain", 14),
         longhorn_chart_version=data.get("platform_longhorn_chart_version"),
         addons=addons,
+        server_ips=tuple(node_ip(s) for s in cluster.group("k3s_servers")),
+        alert_receiver=data.get("platform_alert_receiver"),
+        alert_email_to=data.get("platform_alert_email_to"),
+        alert_email_from=data.get("platform_alert_email_from"),
+        alert_smtp_smarthost=data.get("platform_alert_smtp_smarthost"),
+        alert_smtp_username=data.get("platform_alert_smtp_username"),
     )
 
 
 def secret_env(data) -> dict[str, dict[str, str]]:
-    """The secretGenerator inputs: Longhorn's S3 credentials when the backup target is S3."""
+    """The secretGenerator inputs: Longhorn's S3 credentials, monitoring's passwords and receiver."""
+    out = {}
+    if data.get("platform_monitoring") is True:
+        monitoring = {"GRAFANA_ADMIN_PASSWORD": str(data.get("platform_grafana_admin_password"))}
+        if data.get("platform_alert_smtp_password"):
+            monitoring["SMTP_PASSWORD"] = str(data.get("platform_alert_smtp_password"))
+        if data.get("platform_alert_webhook_url"):
+            monitoring["WEBHOOK_URL"] = str(data.get("platform_alert_webhook_url"))
+        out["monitoring"] = monitoring
     if not hp.is_s3(data.get("platform_backup_target")):
-        return {}
+        return out
     env = {
         "AWS_ACCESS_KEY_ID": str(data.get("platform_backup_s3_access_key_id")),
         "AWS_SECRET_ACCESS_KEY": str(data.get("platform_backup_s3_secret_access_key")),
     }
     if data.get("platform_backup_s3_endpoint"):
         env["AWS_ENDPOINTS"] = str(data.get("platform_backup_s3_endpoint"))
-    return {"longhorn-backup": env}
+    out["longhorn-backup"] = env
+    return out
 
 
 def check(err, cluster: Cluster) -> None:
@@ -189,6 +213,8 @@ def check(err, cluster: Cluster) -> None:
     target = data.get("platform_backup_target")
     if "longhorn" in addons and isinstance(target, str):
         _check_target(err, cluster, first, target)
+    if "monitoring" in addons:
+        _check_monitoring(err, cluster, first)
     if nodes or "longhorn" not in addons:
         try:
             settings = settings_for(cluster)
@@ -200,6 +226,20 @@ def check(err, cluster: Cluster) -> None:
                 continue  # reported above with the inventory's own words
             what, _, fix = rest.partition(". Fix: ")
             err(first.name, FIELD_KEYS.get(field_name, field_name), what, fix)
+
+
+def _check_monitoring(err, cluster: Cluster, first: HostSpec) -> None:
+    data = first.data
+    if is_secret_bad(data.get("platform_grafana_admin_password")):
+        err(first.name, "platform_grafana_admin_password", "monitoring is on but Grafana's admin password is not in the secret store", 'set platform_grafana_admin_password = secret("grafana_admin_password")')
+    receiver = data.get("platform_alert_receiver")
+    key = MONITORING_SECRETS.get(receiver or "")
+    if key and is_secret_bad(data.get(key)):
+        err(first.name, key, f"the {receiver} alert receiver needs it, and it is not in the secret store", f'set {key} = secret("{key[len("platform_"):]}") after storing the value (HOMECLOUD_{key[len("platform_"):].upper()}=... once)')
+    for spec in cluster.group("k3s_servers"):
+        config = spec.data.get("k3s_server_config") or {}
+        if isinstance(config, dict) and config.get("etcd-expose-metrics") is not True:
+            err(spec.name, "k3s_server_config", "monitoring is on but etcd's metrics are only on 127.0.0.1 (the etcd-member-down alert could never fire)", 'add "etcd-expose-metrics": True to k3s_server_config')
 
 
 def _check_target(err, cluster: Cluster, first: HostSpec, target: str) -> None:
@@ -261,6 +301,24 @@ LAYER = Layer(
         Key("platform_snapshot_retain", count(1, 100), 7, "", SERVERS),
         Key("platform_backup_cron", Kind(), "0 3 * * *", "Daily backup to platform_backup_target and how many to keep.", SERVERS),
         Key("platform_backup_retain", count(1, 100), 14, "", SERVERS),
+        Key(
+            "platform_monitoring",
+            flag(),
+            False,
+            "kube-prometheus-stack (Prometheus, Alertmanager, Grafana at grafana.<domain>, node-exporter on every\n"
+            "node), about 1.2 GiB of memory on the cluster. Off by default: the inventory has no key for a node's\n"
+            "memory, so homecloud cannot tell a 4 GB cluster from a 1 GB one. Needs \"etcd-expose-metrics\": True\n"
+            "in k3s_server_config.",
+            SERVERS,
+        ),
+        Key("platform_grafana_admin_password", Kind(optional=True), None, "SECRET (monitoring): Grafana's admin password (user admin).", SERVERS),
+        Key("platform_alert_receiver", Kind(optional=True, choices=("email", "webhook")), None, 'Where alerts go: "email", "webhook" (ntfy, Gotify ...); None: the Alertmanager UI only.', SERVERS),
+        Key("platform_alert_email_to", Kind(optional=True), None, "E-mail receiver: to, from, the SMTP server (host:port, STARTTLS) and its user.", SERVERS),
+        Key("platform_alert_email_from", Kind(optional=True), None, "", SERVERS),
+        Key("platform_alert_smtp_smarthost", Kind(optional=True), None, "", SERVERS),
+        Key("platform_alert_smtp_username", Kind(optional=True), None, "", SERVERS),
+        Key("platform_alert_smtp_password", Kind(optional=True), None, "SECRET (e-mail receiver): the SMTP password.", SERVERS),
+        Key("platform_alert_webhook_url", Kind(optional=True), None, "SECRET (webhook receiver): the URL alerts are POSTed to (it often holds a token).", SERVERS),
         Key("platform_ready_timeout", count(10, 7200), 900, "Seconds to wait for the add-ons' install jobs and workloads.", SERVERS),
     ],
     reads=("k3s_install", "k3s_kubeconfig", "k3s_kubeconfig_context", "vip"),
@@ -339,11 +397,12 @@ def apply(state, host) -> None:
     platform_settings = settings_for(cluster)
     env = secret_env(data)
     secrets = {}
-    if env:
-        secrets = {
-            "platform_backup_s3_access_key_id": env["longhorn-backup"]["AWS_ACCESS_KEY_ID"],
-            "platform_backup_s3_secret_access_key": env["longhorn-backup"]["AWS_SECRET_ACCESS_KEY"],
-        }
+    if "longhorn-backup" in env:
+        secrets["platform_backup_s3_access_key_id"] = env["longhorn-backup"]["AWS_ACCESS_KEY_ID"]
+        secrets["platform_backup_s3_secret_access_key"] = env["longhorn-backup"]["AWS_SECRET_ACCESS_KEY"]
+    for key in ("platform_grafana_admin_password", "platform_alert_smtp_password", "platform_alert_webhook_url"):
+        if "monitoring" in env and data.get(key):
+            secrets[key] = str(data.get(key))
     files = hp.stage(platform_settings, env)
     enabled = list(platform_settings.addons)
     platform(

@@ -13,6 +13,8 @@ proven offline is in tests/test_platform_manifests.py and tests/test_platform_de
 - a Longhorn volume with 2 replicas keeps its data while a node holding a replica is stopped;
 - a Longhorn backup to the backup target completes and restores into a new volume with the
   same content (when platform_backup_target is set);
+- Grafana (monitoring) answers on the VIP under grafana.<domain>, refuses anonymous access, logs
+  the admin in with the password of the secret store, and shows node-exporter metrics of every node;
 - disabling an add-on removes what it created, and enabling it again brings it back.
 """
 
@@ -306,3 +308,39 @@ def test_disabling_an_addon_removes_it_and_enabling_brings_it_back(platform, lab
     on = pyinfra_run("deploys/platform.py")
     assert on["returncode"] == 0, results.summary(on)
     _wait("the add-on is back", config_exists, timeout=180)
+
+
+def test_grafana_login_and_node_metrics(platform, inventory_hosts):
+    if "monitoring" not in platform["addons"]:
+        pytest.skip("platform_monitoring is off in this inventory")
+    import base64
+    import json
+
+    data = next(h for h in inventory_hosts if "k3s_servers" in h["groups"])["data"]
+    host = f"grafana.{platform['settings'].domain}"
+    auth = base64.b64encode(f"admin:{data['platform_grafana_admin_password']}".encode()).decode()
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # Traefik's self-signed default certificate on a LAN cluster
+
+    def get(path: str, authorization: str | None = auth):
+        conn = http.client.HTTPSConnection(platform["vip"], 443, timeout=20, context=context)
+        headers = {"Host": host}
+        if authorization:
+            headers["Authorization"] = f"Basic {authorization}"
+        conn.request("GET", path, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+
+    assert _wait("Grafana behind the ingress", lambda: get("/api/health")[0] == 200, timeout=600)
+    assert get("/api/user", authorization=None)[0] == 401
+    status, body = get("/api/user")
+    assert status == 200 and json.loads(body)["login"] == "admin"
+    nodes = {h["name"] for h in inventory_hosts if {"k3s_servers", "k3s_agents"} & set(h["groups"])}
+
+    def node_metrics():
+        status, body = get("/api/datasources/proxy/uid/prometheus/api/v1/query?query=node_uname_info")
+        seen = {r["metric"].get("nodename") for r in json.loads(body)["data"]["result"]} if status == 200 else set()
+        return seen >= nodes and seen
+
+    _wait(f"node-exporter metrics of every node ({', '.join(sorted(nodes))}) through Grafana", node_metrics, timeout=600)
