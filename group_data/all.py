@@ -201,6 +201,9 @@ platform_traefik = True
 platform_longhorn = None
 # None: the chart version checked offline (kubernetes/platform/longhorn/helmchart.yaml).
 platform_longhorn_chart_version = None
+# SECRET (optional): exposes Longhorn's UI at https://longhorn.<domain> behind basic auth (user admin,
+# bcrypt in a Traefik middleware). None: the UI is not exposed (kubectl port-forward only).
+platform_longhorn_ui_password = None
 # Replicas per volume. None: min(3, Longhorn nodes).
 platform_longhorn_replicas = None
 # Longhorn backups: "nfs://<dnas node>/<export path>" (an entry of its nfs_exports) or

@@ -102,6 +102,9 @@ class Settings:
     # None: the version written in kubernetes/platform/longhorn/helmchart.yaml (the one checked
     # offline against its values.yaml).
     longhorn_chart_version: str | None = None
+    # Longhorn's UI at longhorn.<domain> through Traefik, behind basic auth (needs the password
+    # file secret_files["longhorn-ui"] with LONGHORN_UI_PASSWORD); False: not exposed.
+    longhorn_ui: bool = False
     # monitoring: the servers' addresses (etcd's metrics), the Alertmanager receiver.
     server_ips: tuple[str, ...] = ()
     alert_receiver: str | None = None  # None, "email" or "webhook"
@@ -335,7 +338,8 @@ def _read_env_file(path: Path) -> dict[str, str]:
 def _secret_file(secret_files: Mapping[str, str | os.PathLike], name: str, required: Sequence[str], allowed: Sequence[str]) -> Path:
     given = secret_files.get(name)
     if not given:
-        raise PlatformError(f"platform: the S3 backup target needs secret_files[{name!r}]: a KEY=value file with {', '.join(required)}")
+        what = {"longhorn-backup": "the S3 backup target", "longhorn-ui": "the Longhorn UI", "monitoring": "monitoring"}.get(name, name)
+        raise PlatformError(f"platform: {what} needs secret_files[{name!r}]: a KEY=value file with {', '.join(required)}")
     path = Path(os.path.expanduser(str(given)))
     if not path.is_file():
         raise PlatformError(f"platform: secret_files[{name!r}]: {path} is not a file")
@@ -430,23 +434,86 @@ def _write_longhorn(s: Settings, folder: Path, kustomization: dict, secret_files
     snapshot = _recurring_job("snapshot-daily", "snapshot", s.longhorn_snapshot_cron, s.longhorn_snapshot_retain)
     _dump(folder / "snapshot-job.yaml", snapshot)
     kustomization["patches"].append({"path": "snapshot-job.yaml"})
+    if s.longhorn_ui:
+        _write_longhorn_ui(s, folder, kustomization, secret_files)
     if s.longhorn_backup_target:
         _dump(folder / "backup-job.yaml", _recurring_job("backup-daily", "backup", s.longhorn_backup_cron, s.longhorn_backup_retain))
         kustomization["resources"].append("backup-job.yaml")
     if is_s3(s.longhorn_backup_target):
         source = _secret_file(secret_files, "longhorn-backup", S3_REQUIRED_KEYS, S3_OPTIONAL_KEYS)
         secrets = folder / "secrets"
-        secrets.mkdir(mode=0o700)
+        secrets.mkdir(mode=0o700, exist_ok=True)
         copy_path = secrets / "longhorn-backup.env"
         fd = os.open(copy_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(source.read_bytes())
-        kustomization["secretGenerator"] = [
+        kustomization.setdefault("secretGenerator", []).append(
             {"name": LONGHORN_BACKUP_SECRET, "namespace": LONGHORN_NAMESPACE, "type": "Opaque", "envs": ["secrets/longhorn-backup.env"]}
-        ]
+        )
         # Longhorn finds the Secret by this exact name (backupTargetCredentialSecret), inside a
         # values string kustomize does not rewrite: no hash suffix.
         kustomization["generatorOptions"] = {"disableNameSuffixHash": True}
+
+
+LONGHORN_UI_SECRET = "longhorn-ui-auth"
+LONGHORN_UI_USER = "admin"
+
+
+def longhorn_host(s: Settings) -> str:
+    return f"longhorn.{s.domain}"
+
+
+def htpasswd_line(user: str, password: str) -> str:
+    """`user:<bcrypt hash>` for Traefik's basicAuth. The salt is derived from the password, so the
+    line, and the manifest holding it, stay the same from one run to the next (a random salt would
+    rewrite the manifest on every deploy); the hash is still bcrypt's, cost 12."""
+    import base64
+    import hashlib
+
+    import bcrypt
+
+    raw = hashlib.sha256(b"homecloud-htpasswd\0" + user.encode() + b"\0" + password.encode()).digest()[:16]
+    std = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    bcrypt64 = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    salt = base64.b64encode(raw).decode().rstrip("=").translate(str.maketrans(std, bcrypt64))[:22]
+    return f"{user}:{bcrypt.hashpw(password.encode(), f'$2b$12${salt}'.encode()).decode()}"
+
+
+def _write_longhorn_ui(s: Settings, folder: Path, kustomization: dict, secret_files: Mapping) -> None:
+    source = _secret_file(secret_files, "longhorn-ui", ("LONGHORN_UI_PASSWORD",), ())
+    password = _read_env_file(source)["LONGHORN_UI_PASSWORD"]
+    _private(folder / "secrets" / "longhorn-ui-users", htpasswd_line(LONGHORN_UI_USER, password) + "\n")
+    host = longhorn_host(s)
+    middleware = {
+        "apiVersion": "traefik.io/v1alpha1",
+        "kind": "Middleware",
+        "metadata": {"name": LONGHORN_UI_SECRET, "namespace": LONGHORN_NAMESPACE},
+        "spec": {"basicAuth": {"secret": LONGHORN_UI_SECRET, "realm": "Longhorn", "removeHeader": True}},
+    }
+    annotations = {
+        "traefik.ingress.kubernetes.io/router.entrypoints": "websecure",
+        "traefik.ingress.kubernetes.io/router.tls": "true",
+        "traefik.ingress.kubernetes.io/router.middlewares": f"{LONGHORN_NAMESPACE}-{LONGHORN_UI_SECRET}@kubernetescrd",
+    }
+    if s.tls == "acme":
+        annotations["traefik.ingress.kubernetes.io/router.tls.certresolver"] = ACME_RESOLVER
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "longhorn-ui", "namespace": LONGHORN_NAMESPACE, "annotations": annotations},
+        "spec": {
+            "ingressClassName": "traefik",
+            # No secretName: Traefik's default certificate (self-signed) or the ACME one.
+            "tls": [{"hosts": [host]}],
+            "rules": [{"host": host, "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "longhorn-frontend", "port": {"number": 80}}}}]}}],
+        },
+    }
+    _dump(folder / "ui.yaml", middleware, ingress)
+    kustomization["resources"].append("ui.yaml")
+    kustomization.setdefault("secretGenerator", []).append(
+        {"name": LONGHORN_UI_SECRET, "namespace": LONGHORN_NAMESPACE, "type": "Opaque", "files": ["users=secrets/longhorn-ui-users"]}
+    )
+    kustomization["generatorOptions"] = {"disableNameSuffixHash": True}
 
 
 MONITORING_NAMESPACE = "monitoring"

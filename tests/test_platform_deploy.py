@@ -63,14 +63,16 @@ def test_s3_credentials_go_to_a_secret_env_file_only():
         platform_backup_target="s3://my-bucket@us-east-1/homecloud/",
         platform_backup_s3_access_key_id="AKIAEXAMPLEKEY123",
         platform_backup_s3_secret_access_key="s3cr3t-Value-not-in-argv",
+        platform_longhorn_ui_password="ui-Passw0rd-not-real",
     )
     cluster = cluster_of(namespace)
     env = layer.secret_env(cluster.group("k3s_servers")[0].data)
     files = hp.stage(layer.settings_for(cluster), env)
     secret = {rel for rel, f in files.items() if f.secret}
-    assert secret == {"overlays/longhorn/secrets/longhorn-backup.env"}
+    assert secret == {"overlays/longhorn/secrets/longhorn-backup.env", "overlays/longhorn/secrets/longhorn-ui-users"}
     assert "s3cr3t-Value-not-in-argv" in files["overlays/longhorn/secrets/longhorn-backup.env"].text
-    assert not any("s3cr3t-Value-not-in-argv" in f.text for rel, f in files.items() if rel not in secret)
+    assert not any("s3cr3t-Value-not-in-argv" in f.text or "ui-Passw0rd" in f.text for rel, f in files.items() if rel not in secret)
+    assert "overlays/longhorn/ui.yaml" in files  # the Ingress and its basic-auth middleware
 
 
 def test_monitoring_settings_and_secrets():

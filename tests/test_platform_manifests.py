@@ -88,6 +88,7 @@ CRD_SCHEMAS = {
     ("helm.cattle.io/v1", "HelmChart"): ("helm-controller", "HelmChart"),
     ("helm.cattle.io/v1", "HelmChartConfig"): ("helm-controller", "HelmChartConfig"),
     ("longhorn.io/v1beta2", "RecurringJob"): ("longhorn-recurringjob", None),
+    ("traefik.io/v1alpha1", "Middleware"): ("traefik-middleware", "Middleware"),
     ("monitoring.coreos.com/v1", "PrometheusRule"): ("prometheus-operator", "PrometheusRule"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ("prometheus-operator", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PodMonitor"): ("prometheus-operator", "PodMonitor"),
@@ -99,6 +100,9 @@ def crd_schema(source: str, kind: str | None) -> dict:
         version = VERSIONS["k3s_bundled_helm_controller"].get(pinned_k3s())
         assert version, f"tests/data/platform/versions.yaml: no helm-controller for k3s {pinned_k3s()}"
         schema = json.loads((DATA / f"helm-controller-{version}.schema.json").read_text())
+        return {**schema, "$ref": f"#/$defs/{kind}"}
+    if source == "traefik-middleware":
+        schema = json.loads((DATA / f"traefik-{traefik_chart_version()}-middleware.schema.json").read_text())
         return {**schema, "$ref": f"#/$defs/{kind}"}
     if source == "prometheus-operator":
         schema = json.loads((DATA / f"prometheus-operator-kps-{monitoring_chart_version()}.schema.json").read_text())
@@ -485,6 +489,12 @@ OVERLAYS = {
         "acme_server": "staging", "acme_storage_class": "local-path", "longhorn_nodes": ["node1", "node2"],
         "longhorn_backup_target": "s3://homecloud-backups@eu-west-1/longhorn/",
     },
+    "longhorn-ui": {"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1"], "longhorn_replicas": 1, "longhorn_ui": True},
+    "longhorn-ui-acme-s3": {
+        "domain": "cloud.example.org", "lan_cidr": "172.16.5.0/24", "tls": "acme", "acme_email": "admin@example.org",
+        "acme_storage_class": "local-path", "longhorn_nodes": ["node1", "node2"], "longhorn_ui": True,
+        "longhorn_backup_target": "s3://homecloud-backups@eu-west-1/longhorn/",
+    },
     "monitoring-email": {
         "domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1", "pi2", "pi3"],
         "addons": ["traefik", "longhorn", "monitoring"], "server_ips": ["192.168.1.11", "192.168.1.12", "192.168.1.13"],
@@ -509,7 +519,10 @@ def write(tmp_path: Path, name: str):
     env.write_text(S3_ENV)
     monitoring = tmp_path / "monitoring.env"
     monitoring.write_text(MONITORING_ENV)
-    overlays = platform.write_overlays(settings, tmp_path / "overlay", secret_files={"longhorn-backup": env, "monitoring": monitoring})
+    ui = tmp_path / "longhorn-ui.env"
+    ui.write_text("LONGHORN_UI_PASSWORD=ui-not-real-5e0f\n")
+    secret_files = {"longhorn-backup": env, "monitoring": monitoring, "longhorn-ui": ui}
+    overlays = platform.write_overlays(settings, tmp_path / "overlay", secret_files=secret_files)
     return settings, overlays
 
 
@@ -555,13 +568,18 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
         assert (job["task"], job["cron"], job["retain"]) == ("backup", settings.longhorn_backup_cron, settings.longhorn_backup_retain)
     else:
         assert "defaultBackupStore" not in lvalues and ("RecurringJob", "backup-daily") not in objects
+    if settings.longhorn_ui:
+        check_longhorn_ui(settings, objects)
+    else:
+        assert ("Ingress", "longhorn-ui") not in objects and ("Secret", "longhorn-ui-auth") not in objects
+        objects = {k: v for k, v in objects.items()}
     if settings.longhorn_backup_target and settings.longhorn_backup_target.startswith("s3://"):
         secret = objects["Secret", "longhorn-backup-credentials"]
         assert secret["metadata"]["namespace"] == "longhorn-system"
         assert base64.b64decode(secret["data"]["AWS_SECRET_ACCESS_KEY"]).decode() == "not-a-real-secret-4f9c2e"
         assert lvalues["defaultBackupStore"]["backupTargetCredentialSecret"] == "longhorn-backup-credentials"
     else:
-        assert not any(kind == "Secret" for kind, _ in objects)
+        assert not any(kind == "Secret" and name != "longhorn-ui-auth" for kind, name in objects)
 
 
 def test_secrets_stay_in_0600_files_of_the_overlay(tmp_path):
@@ -710,3 +728,29 @@ def test_monitoring_needs_its_secrets(tmp_path):
         platform.write_overlays(settings, tmp_path / "overlay", secret_files={"monitoring": env})
     with pytest.raises(platform.PlatformError, match="secret_files\\['monitoring'\\]"):
         platform.write_overlays(settings, tmp_path / "overlay2", secret_files={})
+
+
+def check_longhorn_ui(settings, objects: dict) -> None:
+    import bcrypt
+
+    ingress = objects["Ingress", "longhorn-ui"]
+    host = f"longhorn.{settings.domain}"
+    assert ingress["spec"]["rules"][0]["host"] == host and ingress["spec"]["tls"] == [{"hosts": [host]}]
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["traefik.ingress.kubernetes.io/router.middlewares"] == "longhorn-system-longhorn-ui-auth@kubernetescrd"
+    assert annotations["traefik.ingress.kubernetes.io/router.entrypoints"] == "websecure"
+    assert objects["Middleware", "longhorn-ui-auth"]["spec"]["basicAuth"]["secret"] == "longhorn-ui-auth"
+    user, hashed = base64.b64decode(objects["Secret", "longhorn-ui-auth"]["data"]["users"]).decode().strip().split(":", 1)
+    assert user == "admin" and bcrypt.checkpw(b"ui-not-real-5e0f", hashed.encode())
+
+
+def test_htpasswd_line_is_bcrypt_and_stable():
+    import bcrypt
+
+    from homecloud import platform
+
+    line = platform.htpasswd_line("admin", "correct horse")
+    assert line == platform.htpasswd_line("admin", "correct horse"), "a random salt would rewrite the manifest on every run"
+    assert line != platform.htpasswd_line("admin", "correct horsf")
+    user, hashed = line.split(":", 1)
+    assert user == "admin" and hashed.startswith("$2b$12$") and bcrypt.checkpw(b"correct horse", hashed.encode())

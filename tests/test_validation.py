@@ -534,6 +534,14 @@ BAD = {
                            platform_alert_smtp_password="a-long-random-Passw0rd"),
         "pi1: platform_alert_smtp_smarthost: None. Fix: host:port of your mail server",
     ),
+    "platform_longhorn_ui_example_password": (
+        lambda ns: set_all(ns, platform_longhorn_ui_password="changeme"),
+        "pi1: platform_longhorn_ui_password: left at an example value",
+    ),
+    "platform_longhorn_ui_without_traefik": (
+        lambda ns: set_all(ns, platform_longhorn_ui_password="a-long-random-Passw0rd", platform_traefik=False),
+        "pi1: platform_longhorn_ui_password: set, but the UI needs both the longhorn and the traefik add-on",
+    ),
     "platform_bad_cron": (
         lambda ns: set_all(ns, platform_snapshot_cron="daily"),
         "pi1: platform_snapshot_cron: 'daily'. Fix: five cron fields",

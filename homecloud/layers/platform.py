@@ -140,6 +140,7 @@ def settings_for(cluster: Cluster) -> hp.Settings:
         longhorn_backup_retain=data.get("platform_backup_retain", 14),
         longhorn_chart_version=data.get("platform_longhorn_chart_version"),
         addons=addons,
+        longhorn_ui="longhorn" in addons and "traefik" in addons and bool(data.get("platform_longhorn_ui_password")),
         server_ips=tuple(node_ip(s) for s in cluster.group("k3s_servers")),
         alert_receiver=data.get("platform_alert_receiver"),
         alert_email_to=data.get("platform_alert_email_to"),
@@ -152,6 +153,8 @@ def settings_for(cluster: Cluster) -> hp.Settings:
 def secret_env(data) -> dict[str, dict[str, str]]:
     """The secretGenerator inputs: Longhorn's S3 credentials, monitoring's passwords and receiver."""
     out = {}
+    if data.get("platform_longhorn_ui_password"):
+        out["longhorn-ui"] = {"LONGHORN_UI_PASSWORD": str(data.get("platform_longhorn_ui_password"))}
     if data.get("platform_monitoring") is True:
         monitoring = {"GRAFANA_ADMIN_PASSWORD": str(data.get("platform_grafana_admin_password"))}
         if data.get("platform_alert_smtp_password"):
@@ -210,6 +213,11 @@ def check(err, cluster: Cluster) -> None:
             err(first.name, "longhorn_data_path", f"differs between the Longhorn nodes ({', '.join(sorted(map(str, paths)))}): the chart takes one", "give every Longhorn node the same longhorn_data_path")
     elif data.get("platform_backup_target") is not None:
         err(first.name, "platform_backup_target", "set, but the longhorn add-on is off", "remove it, or turn Longhorn on")
+    ui = data.get("platform_longhorn_ui_password")
+    if ui is not None and is_secret_bad(ui):
+        err(first.name, "platform_longhorn_ui_password", "left at an example value", 'use secret("longhorn_ui_password"), or None to keep the UI unexposed')
+    elif ui is not None and not {"longhorn", "traefik"} <= set(addons):
+        err(first.name, "platform_longhorn_ui_password", "set, but the UI needs both the longhorn and the traefik add-on", "turn both on, or remove it")
     target = data.get("platform_backup_target")
     if "longhorn" in addons and isinstance(target, str):
         _check_target(err, cluster, first, target)
@@ -285,6 +293,14 @@ LAYER = Layer(
         Key("platform_traefik", flag(), True, "Tune k3s's Traefik (HTTPS redirect, TLS, access log). False: k3s's defaults.", SERVERS),
         Key("platform_longhorn", Kind(bool, optional=True), None, "Longhorn (chart of charts.longhorn.io). None: on when a k3s node has longhorn_enabled.", SERVERS),
         Key("platform_longhorn_chart_version", Kind(optional=True), None, "None: the chart version checked offline (kubernetes/platform/longhorn/helmchart.yaml).", SERVERS),
+        Key(
+            "platform_longhorn_ui_password",
+            Kind(optional=True),
+            None,
+            "SECRET (optional): exposes Longhorn's UI at https://longhorn.<domain> behind basic auth (user admin,\n"
+            "bcrypt in a Traefik middleware). None: the UI is not exposed (kubectl port-forward only).",
+            SERVERS,
+        ),
         Key("platform_longhorn_replicas", count(1, 3, optional=True), None, "Replicas per volume. None: min(3, Longhorn nodes).", SERVERS),
         Key(
             "platform_backup_target",
@@ -403,6 +419,8 @@ def apply(state, host) -> None:
     for key in ("platform_grafana_admin_password", "platform_alert_smtp_password", "platform_alert_webhook_url"):
         if "monitoring" in env and data.get(key):
             secrets[key] = str(data.get(key))
+    if "longhorn-ui" in env:
+        secrets["platform_longhorn_ui_password"] = env["longhorn-ui"]["LONGHORN_UI_PASSWORD"]
     files = hp.stage(platform_settings, env)
     enabled = list(platform_settings.addons)
     platform(

@@ -15,6 +15,7 @@ proven offline is in tests/test_platform_manifests.py and tests/test_platform_de
   same content (when platform_backup_target is set);
 - Grafana (monitoring) answers on the VIP under grafana.<domain>, refuses anonymous access, logs
   the admin in with the password of the secret store, and shows node-exporter metrics of every node;
+- the Longhorn UI answers only with its password (basic auth), when it is exposed;
 - disabling an add-on removes what it created, and enabling it again brings it back.
 """
 
@@ -344,3 +345,25 @@ def test_grafana_login_and_node_metrics(platform, inventory_hosts):
         return seen >= nodes and seen
 
     _wait(f"node-exporter metrics of every node ({', '.join(sorted(nodes))}) through Grafana", node_metrics, timeout=600)
+
+
+def test_longhorn_ui_only_with_the_password(platform, inventory_hosts):
+    if not platform["settings"].longhorn_ui:
+        pytest.skip("platform_longhorn_ui_password is not set: the Longhorn UI is not exposed")
+    import base64
+
+    data = next(h for h in inventory_hosts if "k3s_servers" in h["groups"])["data"]
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def status(authorization=None) -> int:
+        conn = http.client.HTTPSConnection(platform["vip"], 443, timeout=20, context=context)
+        headers = {"Host": f"longhorn.{platform['settings'].domain}"}
+        if authorization:
+            headers["Authorization"] = "Basic " + base64.b64encode(authorization.encode()).decode()
+        conn.request("GET", "/", headers=headers)
+        return conn.getresponse().status
+
+    assert _wait("the Longhorn UI behind the ingress", lambda: status(f"admin:{data['platform_longhorn_ui_password']}") == 200, timeout=600)
+    assert status() == 401 and status("admin:wrong-password") == 401
