@@ -226,6 +226,9 @@ platform_backup_retain = 14
 # memory, so homecloud cannot tell a 4 GB cluster from a 1 GB one. Needs "etcd-expose-metrics": True
 # in k3s_server_config.
 platform_monitoring = False
+# Kubernetes Dashboard at https://dashboard.<domain> (about 300 MiB). Log in with a token:
+# python -m homecloud.platform token [--read-only].
+platform_dashboard = False
 # SECRET (monitoring): Grafana's admin password (user admin).
 platform_grafana_admin_password = None
 # Where alerts go: "email", "webhook" (ntfy, Gotify ...); None: the Alertmanager UI only.

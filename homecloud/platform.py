@@ -49,7 +49,7 @@ import yaml
 from homecloud import REPO_ROOT
 
 PLATFORM_DIR = REPO_ROOT / "kubernetes" / "platform"
-ADDONS = ("traefik", "longhorn", "monitoring")
+ADDONS = ("traefik", "longhorn", "monitoring", "dashboard")
 DEFAULT_ADDONS = ("traefik", "longhorn")
 
 # Longhorn puts a default disk on, and runs its pods on, the nodes carrying this label. Give it
@@ -392,6 +392,8 @@ def write_overlays(
             _write_traefik(settings, folder, kustomization, platform_dir)
         elif addon == "monitoring":
             _write_monitoring(settings, folder, kustomization, secret_files, platform_dir)
+        elif addon == "dashboard":
+            _write_dashboard(settings, folder, kustomization, platform_dir)
         else:
             _write_longhorn(settings, folder, kustomization, secret_files, platform_dir)
         _dump(folder / "kustomization.yaml", kustomization)
@@ -514,6 +516,65 @@ def _write_longhorn_ui(s: Settings, folder: Path, kustomization: dict, secret_fi
         {"name": LONGHORN_UI_SECRET, "namespace": LONGHORN_NAMESPACE, "type": "Opaque", "files": ["users=secrets/longhorn-ui-users"]}
     )
     kustomization["generatorOptions"] = {"disableNameSuffixHash": True}
+
+
+DASHBOARD_NAMESPACE = "kubernetes-dashboard"
+DASHBOARD_ADMIN = "dashboard-admin"
+DASHBOARD_VIEWER = "dashboard-viewer"
+
+
+def dashboard_host(s: Settings) -> str:
+    return f"dashboard.{s.domain}"
+
+
+def dashboard_values(s: Settings, platform_dir: Path = PLATFORM_DIR) -> dict:
+    base = _values_of(module_object("dashboard", "HelmChart", "kubernetes-dashboard", platform_dir))
+    over: dict[str, Any] = {"app": {"ingress": {"hosts": [dashboard_host(s)]}}}
+    if s.tls == "acme":
+        over["app"]["ingress"]["annotations"] = {"traefik.ingress.kubernetes.io/router.tls.certresolver": ACME_RESOLVER}
+    return merge(base, over)
+
+
+def _write_dashboard(s: Settings, folder: Path, kustomization: dict, platform_dir: Path) -> None:
+    obj = module_object("dashboard", "HelmChart", "kubernetes-dashboard", platform_dir)
+    _dump(folder / "values.yaml", _values_patch(obj, dashboard_values(s, platform_dir)))
+    kustomization["patches"].append({"path": "values.yaml"})
+
+
+def dashboard_token(core: Any, read_only: bool = False, seconds: int = 3600) -> str:
+    """A short-lived token of the Dashboard's admin (or read-only) ServiceAccount (TokenRequest API:
+    nothing is stored in the cluster, it expires by itself)."""
+    from kubernetes import client
+
+    account = DASHBOARD_VIEWER if read_only else DASHBOARD_ADMIN
+    request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=seconds))
+    return core.create_namespaced_service_account_token(account, DASHBOARD_NAMESPACE, request).status.token
+
+
+def main(argv: Sequence[str] | None = None, out: Any = None, apis: Any = None) -> int:
+    """`python -m homecloud.platform token [--read-only] [--minutes N]`: the token on stdout only."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m homecloud.platform")
+    sub = parser.add_subparsers(dest="command", required=True)
+    token = sub.add_parser("token", help="print a Kubernetes Dashboard login token (admin unless --read-only)")
+    token.add_argument("--read-only", action="store_true", help="the read-only account (ClusterRole view)")
+    token.add_argument("--minutes", type=int, default=60, help="lifetime, 10 to 1440 minutes (default 60)")
+    token.add_argument("--kubeconfig", default="~/.kube/config")
+    token.add_argument("--context", default="homecloud")
+    args = parser.parse_args(argv)
+    if not 10 <= args.minutes <= 1440:
+        parser.error("--minutes: 10 to 1440")
+    if apis is None:
+        from kubernetes import client, config
+
+        api_client = config.new_client_from_config(config_file=os.path.expanduser(args.kubeconfig), context=args.context)
+        core = client.CoreV1Api(api_client)
+    else:
+        core = apis()
+    (out or sys.stdout).write(dashboard_token(core, args.read_only, args.minutes * 60) + "\n")
+    return 0
 
 
 MONITORING_NAMESPACE = "monitoring"
@@ -691,3 +752,7 @@ def tombstone(addon: str) -> str:
         "# manifest and deletes what the add-on created before. Keep this file: without it the\n"
         "# objects would stay in the cluster with nothing managing them.\n"
     )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

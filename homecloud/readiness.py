@@ -132,6 +132,7 @@ PLATFORM_EXPECT: dict[str, dict[str, Any]] = {
     # Prometheus and Alertmanager are StatefulSets the operator makes; the operator, Grafana,
     # kube-state-metrics (Deployments) and node-exporter (DaemonSet) are checked.
     "monitoring": {"jobs": [("kube-system", "helm-install-kube-prometheus-stack")], "workloads": [], "namespaces": ["monitoring"]},
+    "dashboard": {"jobs": [("kube-system", "helm-install-kubernetes-dashboard")], "workloads": [], "namespaces": ["kubernetes-dashboard"]},
 }
 
 

@@ -193,6 +193,8 @@ def chart_keys_for(obj: dict) -> list[str] | None:
         return load_keys(f"traefik-{traefik_chart_version()}")
     if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "longhorn":
         return load_keys(f"longhorn-{obj['spec']['version']}")
+    if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "kubernetes-dashboard":
+        return load_keys(f"kubernetes-dashboard-{obj['spec']['version']}")
     if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "kube-prometheus-stack":
         return load_keys(f"kube-prometheus-stack-{obj['spec']['version']}")
     if obj.get("kind") in ("HelmChart", "HelmChartConfig"):
@@ -359,7 +361,7 @@ def test_the_pins_have_their_test_data(kv):
 
 
 def test_there_are_modules():
-    assert {"traefik", "longhorn", "monitoring"} <= set(MODULES)
+    assert {"traefik", "longhorn", "monitoring", "dashboard"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -506,6 +508,10 @@ OVERLAYS = {
         "acme_storage_class": "local-path", "addons": ["traefik", "monitoring"], "server_ips": ["10.0.0.2"],
         "alert_receiver": "webhook",
     },
+    "dashboard-acme": {
+        "domain": "cloud.example.org", "lan_cidr": "10.0.0.0/16", "tls": "acme", "acme_email": "admin@example.org",
+        "acme_storage_class": "local-path", "addons": ["traefik", "dashboard"],
+    },
     "traefik-only": {"domain": "home.example.org", "lan_cidr": "192.168.178.0/24", "tls": "acme", "acme_email": "a@example.org",
                      "acme_storage_class": "local-path", "addons": ["traefik"]},
 }
@@ -554,6 +560,8 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
 
     if "monitoring" in built:
         check_monitoring_overlay(settings, built["monitoring"])
+    if "dashboard" in built:
+        check_dashboard_overlay(settings, built["dashboard"])
     if "longhorn" not in built:
         return
     objects = {(o["kind"], o["metadata"]["name"]): o for o in built["longhorn"]}
@@ -754,3 +762,38 @@ def test_htpasswd_line_is_bcrypt_and_stable():
     assert line != platform.htpasswd_line("admin", "correct horsf")
     user, hashed = line.split(":", 1)
     assert user == "admin" and hashed.startswith("$2b$12$") and bcrypt.checkpw(b"correct horse", hashed.encode())
+
+
+def check_dashboard_overlay(settings, objects: list[dict]) -> None:
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    values = yaml.safe_load(by["HelmChart", "kubernetes-dashboard"]["spec"]["valuesContent"])
+    ingress = values["app"]["ingress"]
+    assert ingress["enabled"] and ingress["hosts"] == [f"dashboard.{settings.domain}"] and ingress["ingressClassName"] == "traefik"
+    assert ingress["annotations"]["traefik.ingress.kubernetes.io/router.entrypoints"] == "websecure"
+    assert ingress["annotations"]["traefik.ingress.kubernetes.io/router.tls"] == "true"
+    assert ingress["annotations"].get("traefik.ingress.kubernetes.io/router.tls.certresolver") == ("letsencrypt" if settings.tls == "acme" else None)
+    roles = {o["subjects"][0]["name"]: o["roleRef"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"}
+    assert roles == {"dashboard-viewer": "view", "dashboard-admin": "cluster-admin"}
+    assert not any(o["kind"] == "Secret" for o in objects), "no long-lived token Secret: tokens come from the TokenRequest API"
+
+
+def test_dashboard_token_command_prints_only_the_token():
+    import io
+    from types import SimpleNamespace
+
+    from homecloud import platform
+
+    calls = []
+
+    class Core:
+        def create_namespaced_service_account_token(self, account, namespace, body):
+            calls.append((account, namespace, body.spec.expiration_seconds))
+            return SimpleNamespace(status=SimpleNamespace(token="eyJ-token-not-real"))
+
+    out = io.StringIO()
+    assert platform.main(["token"], out=out, apis=Core) == 0
+    assert out.getvalue() == "eyJ-token-not-real\n"
+    platform.main(["token", "--read-only", "--minutes", "15"], out=io.StringIO(), apis=Core)
+    assert calls == [("dashboard-admin", "kubernetes-dashboard", 3600), ("dashboard-viewer", "kubernetes-dashboard", 900)]
+    with pytest.raises(SystemExit):
+        platform.main(["token", "--minutes", "100000"], out=io.StringIO(), apis=Core)

@@ -542,6 +542,10 @@ BAD = {
         lambda ns: set_all(ns, platform_longhorn_ui_password="a-long-random-Passw0rd", platform_traefik=False),
         "pi1: platform_longhorn_ui_password: set, but the UI needs both the longhorn and the traefik add-on",
     ),
+    "platform_dashboard_without_traefik": (
+        lambda ns: set_all(ns, platform_dashboard=True, platform_traefik=False),
+        "pi1: platform_dashboard: True, but platform_traefik is False: its UI is only reached through the ingress",
+    ),
     "platform_bad_cron": (
         lambda ns: set_all(ns, platform_snapshot_cron="daily"),
         "pi1: platform_snapshot_cron: 'daily'. Fix: five cron fields",

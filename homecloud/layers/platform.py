@@ -86,6 +86,8 @@ def addons_of(cluster: Cluster) -> tuple[str, ...]:
         addons.append("longhorn")
     if data.get("platform_monitoring") is True:
         addons.append("monitoring")
+    if data.get("platform_dashboard") is True:
+        addons.append("dashboard")
     return tuple(addons)
 
 
@@ -213,6 +215,9 @@ def check(err, cluster: Cluster) -> None:
             err(first.name, "longhorn_data_path", f"differs between the Longhorn nodes ({', '.join(sorted(map(str, paths)))}): the chart takes one", "give every Longhorn node the same longhorn_data_path")
     elif data.get("platform_backup_target") is not None:
         err(first.name, "platform_backup_target", "set, but the longhorn add-on is off", "remove it, or turn Longhorn on")
+    for key in ("platform_monitoring", "platform_dashboard"):
+        if data.get(key) is True and "traefik" not in addons:
+            err(first.name, key, "True, but platform_traefik is False: its UI is only reached through the ingress", "set platform_traefik = True")
     ui = data.get("platform_longhorn_ui_password")
     if ui is not None and is_secret_bad(ui):
         err(first.name, "platform_longhorn_ui_password", "left at an example value", 'use secret("longhorn_ui_password"), or None to keep the UI unexposed')
@@ -325,6 +330,14 @@ LAYER = Layer(
             "node), about 1.2 GiB of memory on the cluster. Off by default: the inventory has no key for a node's\n"
             "memory, so homecloud cannot tell a 4 GB cluster from a 1 GB one. Needs \"etcd-expose-metrics\": True\n"
             "in k3s_server_config.",
+            SERVERS,
+        ),
+        Key(
+            "platform_dashboard",
+            flag(),
+            False,
+            "Kubernetes Dashboard at https://dashboard.<domain> (about 300 MiB). Log in with a token:\n"
+            "python -m homecloud.platform token [--read-only].",
             SERVERS,
         ),
         Key("platform_grafana_admin_password", Kind(optional=True), None, "SECRET (monitoring): Grafana's admin password (user admin).", SERVERS),

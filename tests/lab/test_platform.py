@@ -16,6 +16,8 @@ proven offline is in tests/test_platform_manifests.py and tests/test_platform_de
 - Grafana (monitoring) answers on the VIP under grafana.<domain>, refuses anonymous access, logs
   the admin in with the password of the secret store, and shows node-exporter metrics of every node;
 - the Longhorn UI answers only with its password (basic auth), when it is exposed;
+- the Dashboard answers on dashboard.<domain>; `python -m homecloud.platform token` prints an admin
+  token that may delete pods, `--read-only` one that may list but not delete;
 - disabling an add-on removes what it created, and enabling it again brings it back.
 """
 
@@ -367,3 +369,44 @@ def test_longhorn_ui_only_with_the_password(platform, inventory_hosts):
 
     assert _wait("the Longhorn UI behind the ingress", lambda: status(f"admin:{data['platform_longhorn_ui_password']}") == 200, timeout=600)
     assert status() == 401 and status("admin:wrong-password") == 401
+
+
+def test_dashboard_token_command_and_ui(platform, inventory_hosts):
+    if "dashboard" not in platform["addons"]:
+        pytest.skip("platform_dashboard is off in this inventory")
+    import sys
+
+    from kubernetes import client
+
+    data = next(h for h in inventory_hosts if "k3s_servers" in h["groups"])["data"]
+
+    def token(*extra) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "homecloud.platform", "token", "--kubeconfig", data["k3s_kubeconfig"], "--context", data["k3s_kubeconfig_context"], *extra],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        return done.stdout.strip()
+
+    def can(bearer: str, verb: str) -> bool:
+        config = client.Configuration()
+        base = platform["core"].api_client.configuration
+        config.host, config.ssl_ca_cert = base.host, base.ssl_ca_cert
+        config.api_key = {"authorization": f"Bearer {bearer}"}
+        review = client.AuthorizationV1Api(client.ApiClient(config)).create_self_subject_access_review(
+            {"spec": {"resourceAttributes": {"verb": verb, "resource": "pods", "namespace": "default"}}}
+        )
+        return review.status.allowed
+
+    admin, viewer = token(), token("--read-only", "--minutes", "10")
+    assert can(admin, "delete") and can(viewer, "list") and not can(viewer, "delete")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def ui() -> bool:
+        conn = http.client.HTTPSConnection(platform["vip"], 443, timeout=20, context=context)
+        conn.request("GET", "/", headers={"Host": f"dashboard.{platform['settings'].domain}"})
+        return conn.getresponse().status == 200
+
+    _wait("the Dashboard behind the ingress", ui, timeout=600)
