@@ -229,6 +229,10 @@ platform_monitoring = False
 # Kubernetes Dashboard at https://dashboard.<domain> (about 300 MiB). Log in with a token:
 # python -m homecloud.platform token [--read-only].
 platform_dashboard = False
+# Portainer CE at https://portainer.<domain> (about 100-250 MiB), user admin.
+platform_portainer = False
+# SECRET (Portainer): the admin password.
+platform_portainer_admin_password = None
 # SECRET (monitoring): Grafana's admin password (user admin).
 platform_grafana_admin_password = None
 # Where alerts go: "email", "webhook" (ntfy, Gotify ...); None: the Alertmanager UI only.

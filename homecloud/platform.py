@@ -49,7 +49,7 @@ import yaml
 from homecloud import REPO_ROOT
 
 PLATFORM_DIR = REPO_ROOT / "kubernetes" / "platform"
-ADDONS = ("traefik", "longhorn", "monitoring", "dashboard")
+ADDONS = ("traefik", "longhorn", "monitoring", "dashboard", "portainer")
 DEFAULT_ADDONS = ("traefik", "longhorn")
 
 # Longhorn puts a default disk on, and runs its pods on, the nodes carrying this label. Give it
@@ -338,7 +338,7 @@ def _read_env_file(path: Path) -> dict[str, str]:
 def _secret_file(secret_files: Mapping[str, str | os.PathLike], name: str, required: Sequence[str], allowed: Sequence[str]) -> Path:
     given = secret_files.get(name)
     if not given:
-        what = {"longhorn-backup": "the S3 backup target", "longhorn-ui": "the Longhorn UI", "monitoring": "monitoring"}.get(name, name)
+        what = {"longhorn-backup": "the S3 backup target", "longhorn-ui": "the Longhorn UI", "monitoring": "monitoring", "portainer": "Portainer"}.get(name, name)
         raise PlatformError(f"platform: {what} needs secret_files[{name!r}]: a KEY=value file with {', '.join(required)}")
     path = Path(os.path.expanduser(str(given)))
     if not path.is_file():
@@ -394,6 +394,8 @@ def write_overlays(
             _write_monitoring(settings, folder, kustomization, secret_files, platform_dir)
         elif addon == "dashboard":
             _write_dashboard(settings, folder, kustomization, platform_dir)
+        elif addon == "portainer":
+            _write_portainer(settings, folder, kustomization, secret_files, platform_dir)
         else:
             _write_longhorn(settings, folder, kustomization, secret_files, platform_dir)
         _dump(folder / "kustomization.yaml", kustomization)
@@ -539,6 +541,35 @@ def _write_dashboard(s: Settings, folder: Path, kustomization: dict, platform_di
     obj = module_object("dashboard", "HelmChart", "kubernetes-dashboard", platform_dir)
     _dump(folder / "values.yaml", _values_patch(obj, dashboard_values(s, platform_dir)))
     kustomization["patches"].append({"path": "values.yaml"})
+
+
+PORTAINER_NAMESPACE = "portainer"
+PORTAINER_ADMIN_SECRET = "portainer-admin"
+
+
+def portainer_host(s: Settings) -> str:
+    return f"portainer.{s.domain}"
+
+
+def _write_portainer(s: Settings, folder: Path, kustomization: dict, secret_files: Mapping, platform_dir: Path) -> None:
+    obj = module_object("portainer", "HelmChart", "portainer", platform_dir)
+    host = portainer_host(s)
+    annotations = {"traefik.ingress.kubernetes.io/router.tls.certresolver": ACME_RESOLVER} if s.tls == "acme" else {}
+    over = {
+        # No secretName: Traefik serves its default certificate (self-signed) or the ACME one.
+        "ingress": {"hosts": [{"host": host, "paths": [{"path": "/"}]}], "tls": [{"hosts": [host]}], "annotations": annotations},
+        "persistence": {"storageClass": "longhorn" if "longhorn" in s.addons else "local-path"},
+    }
+    values = merge(_values_of(obj), over)
+    _dump(folder / "values.yaml", _values_patch(obj, values))
+    kustomization["patches"].append({"path": "values.yaml"})
+    source = _secret_file(secret_files, "portainer", ("PORTAINER_ADMIN_PASSWORD",), ())
+    password = _read_env_file(source)["PORTAINER_ADMIN_PASSWORD"]
+    _private(folder / "secrets" / "portainer-admin", password)
+    kustomization["secretGenerator"] = [
+        {"name": PORTAINER_ADMIN_SECRET, "namespace": PORTAINER_NAMESPACE, "type": "Opaque", "files": ["password=secrets/portainer-admin"]}
+    ]
+    kustomization["generatorOptions"] = {"disableNameSuffixHash": True}
 
 
 def dashboard_token(core: Any, read_only: bool = False, seconds: int = 3600) -> str:

@@ -133,6 +133,7 @@ PLATFORM_EXPECT: dict[str, dict[str, Any]] = {
     # kube-state-metrics (Deployments) and node-exporter (DaemonSet) are checked.
     "monitoring": {"jobs": [("kube-system", "helm-install-kube-prometheus-stack")], "workloads": [], "namespaces": ["monitoring"]},
     "dashboard": {"jobs": [("kube-system", "helm-install-kubernetes-dashboard")], "workloads": [], "namespaces": ["kubernetes-dashboard"]},
+    "portainer": {"jobs": [("kube-system", "helm-install-portainer")], "workloads": [], "namespaces": ["portainer"]},
 }
 
 

@@ -193,6 +193,8 @@ def chart_keys_for(obj: dict) -> list[str] | None:
         return load_keys(f"traefik-{traefik_chart_version()}")
     if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "longhorn":
         return load_keys(f"longhorn-{obj['spec']['version']}")
+    if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "portainer":
+        return load_keys(f"portainer-{obj['spec']['version']}")
     if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "kubernetes-dashboard":
         return load_keys(f"kubernetes-dashboard-{obj['spec']['version']}")
     if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "kube-prometheus-stack":
@@ -361,7 +363,7 @@ def test_the_pins_have_their_test_data(kv):
 
 
 def test_there_are_modules():
-    assert {"traefik", "longhorn", "monitoring", "dashboard"} <= set(MODULES)
+    assert {"traefik", "longhorn", "monitoring", "dashboard", "portainer"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -510,7 +512,7 @@ OVERLAYS = {
     },
     "dashboard-acme": {
         "domain": "cloud.example.org", "lan_cidr": "10.0.0.0/16", "tls": "acme", "acme_email": "admin@example.org",
-        "acme_storage_class": "local-path", "addons": ["traefik", "dashboard"],
+        "acme_storage_class": "local-path", "addons": ["traefik", "dashboard", "portainer"],
     },
     "traefik-only": {"domain": "home.example.org", "lan_cidr": "192.168.178.0/24", "tls": "acme", "acme_email": "a@example.org",
                      "acme_storage_class": "local-path", "addons": ["traefik"]},
@@ -527,7 +529,9 @@ def write(tmp_path: Path, name: str):
     monitoring.write_text(MONITORING_ENV)
     ui = tmp_path / "longhorn-ui.env"
     ui.write_text("LONGHORN_UI_PASSWORD=ui-not-real-5e0f\n")
-    secret_files = {"longhorn-backup": env, "monitoring": monitoring, "longhorn-ui": ui}
+    portainer = tmp_path / "portainer.env"
+    portainer.write_text("PORTAINER_ADMIN_PASSWORD=portainer-not-real-8a2d\n")
+    secret_files = {"longhorn-backup": env, "monitoring": monitoring, "longhorn-ui": ui, "portainer": portainer}
     overlays = platform.write_overlays(settings, tmp_path / "overlay", secret_files=secret_files)
     return settings, overlays
 
@@ -562,6 +566,8 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
         check_monitoring_overlay(settings, built["monitoring"])
     if "dashboard" in built:
         check_dashboard_overlay(settings, built["dashboard"])
+    if "portainer" in built:
+        check_portainer_overlay(settings, built["portainer"])
     if "longhorn" not in built:
         return
     objects = {(o["kind"], o["metadata"]["name"]): o for o in built["longhorn"]}
@@ -797,3 +803,15 @@ def test_dashboard_token_command_prints_only_the_token():
     assert calls == [("dashboard-admin", "kubernetes-dashboard", 3600), ("dashboard-viewer", "kubernetes-dashboard", 900)]
     with pytest.raises(SystemExit):
         platform.main(["token", "--minutes", "100000"], out=io.StringIO(), apis=Core)
+
+
+def check_portainer_overlay(settings, objects: list[dict]) -> None:
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    values = yaml.safe_load(by["HelmChart", "portainer"]["spec"]["valuesContent"])
+    host = f"portainer.{settings.domain}"
+    assert values["ingress"]["hosts"] == [{"host": host, "paths": [{"path": "/"}]}] and values["ingress"]["tls"] == [{"hosts": [host]}]
+    assert values["service"]["type"] == "ClusterIP", "only through the ingress"
+    assert values["image"]["tag"] == "2.39.4"
+    secret = by["Secret", "portainer-admin"]
+    assert secret["metadata"]["namespace"] == "portainer" and values["adminPassword"]["existingSecret"] == "portainer-admin"
+    assert base64.b64decode(secret["data"]["password"]).decode() == "portainer-not-real-8a2d"

@@ -546,6 +546,10 @@ BAD = {
         lambda ns: set_all(ns, platform_dashboard=True, platform_traefik=False),
         "pi1: platform_dashboard: True, but platform_traefik is False: its UI is only reached through the ingress",
     ),
+    "platform_portainer_without_password": (
+        lambda ns: set_all(ns, platform_portainer=True),
+        "pi1: platform_portainer_admin_password: Portainer is on but its admin password is not in the secret store",
+    ),
     "platform_bad_cron": (
         lambda ns: set_all(ns, platform_snapshot_cron="daily"),
         "pi1: platform_snapshot_cron: 'daily'. Fix: five cron fields",

@@ -88,6 +88,8 @@ def addons_of(cluster: Cluster) -> tuple[str, ...]:
         addons.append("monitoring")
     if data.get("platform_dashboard") is True:
         addons.append("dashboard")
+    if data.get("platform_portainer") is True:
+        addons.append("portainer")
     return tuple(addons)
 
 
@@ -155,6 +157,8 @@ def settings_for(cluster: Cluster) -> hp.Settings:
 def secret_env(data) -> dict[str, dict[str, str]]:
     """The secretGenerator inputs: Longhorn's S3 credentials, monitoring's passwords and receiver."""
     out = {}
+    if data.get("platform_portainer") is True:
+        out["portainer"] = {"PORTAINER_ADMIN_PASSWORD": str(data.get("platform_portainer_admin_password"))}
     if data.get("platform_longhorn_ui_password"):
         out["longhorn-ui"] = {"LONGHORN_UI_PASSWORD": str(data.get("platform_longhorn_ui_password"))}
     if data.get("platform_monitoring") is True:
@@ -215,7 +219,9 @@ def check(err, cluster: Cluster) -> None:
             err(first.name, "longhorn_data_path", f"differs between the Longhorn nodes ({', '.join(sorted(map(str, paths)))}): the chart takes one", "give every Longhorn node the same longhorn_data_path")
     elif data.get("platform_backup_target") is not None:
         err(first.name, "platform_backup_target", "set, but the longhorn add-on is off", "remove it, or turn Longhorn on")
-    for key in ("platform_monitoring", "platform_dashboard"):
+    if data.get("platform_portainer") is True and is_secret_bad(data.get("platform_portainer_admin_password")):
+        err(first.name, "platform_portainer_admin_password", "Portainer is on but its admin password is not in the secret store", 'set platform_portainer_admin_password = secret("portainer_admin_password", length=20) (Portainer wants 12 characters or more)')
+    for key in ("platform_monitoring", "platform_dashboard", "platform_portainer"):
         if data.get(key) is True and "traefik" not in addons:
             err(first.name, key, "True, but platform_traefik is False: its UI is only reached through the ingress", "set platform_traefik = True")
     ui = data.get("platform_longhorn_ui_password")
@@ -340,6 +346,8 @@ LAYER = Layer(
             "python -m homecloud.platform token [--read-only].",
             SERVERS,
         ),
+        Key("platform_portainer", flag(), False, "Portainer CE at https://portainer.<domain> (about 100-250 MiB), user admin.", SERVERS),
+        Key("platform_portainer_admin_password", Kind(optional=True), None, "SECRET (Portainer): the admin password.", SERVERS),
         Key("platform_grafana_admin_password", Kind(optional=True), None, "SECRET (monitoring): Grafana's admin password (user admin).", SERVERS),
         Key("platform_alert_receiver", Kind(optional=True, choices=("email", "webhook")), None, 'Where alerts go: "email", "webhook" (ntfy, Gotify ...); None: the Alertmanager UI only.', SERVERS),
         Key("platform_alert_email_to", Kind(optional=True), None, "E-mail receiver: to, from, the SMTP server (host:port, STARTTLS) and its user.", SERVERS),
@@ -432,6 +440,8 @@ def apply(state, host) -> None:
     for key in ("platform_grafana_admin_password", "platform_alert_smtp_password", "platform_alert_webhook_url"):
         if "monitoring" in env and data.get(key):
             secrets[key] = str(data.get(key))
+    if "portainer" in env:
+        secrets["platform_portainer_admin_password"] = env["portainer"]["PORTAINER_ADMIN_PASSWORD"]
     if "longhorn-ui" in env:
         secrets["platform_longhorn_ui_password"] = env["longhorn-ui"]["LONGHORN_UI_PASSWORD"]
     files = hp.stage(platform_settings, env)

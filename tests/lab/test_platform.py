@@ -18,6 +18,7 @@ proven offline is in tests/test_platform_manifests.py and tests/test_platform_de
 - the Longhorn UI answers only with its password (basic auth), when it is exposed;
 - the Dashboard answers on dashboard.<domain>; `python -m homecloud.platform token` prints an admin
   token that may delete pods, `--read-only` one that may list but not delete;
+- Portainer logs the admin in with the password of the secret store (when it is on);
 - disabling an add-on removes what it created, and enabling it again brings it back.
 """
 
@@ -410,3 +411,23 @@ def test_dashboard_token_command_and_ui(platform, inventory_hosts):
         return conn.getresponse().status == 200
 
     _wait("the Dashboard behind the ingress", ui, timeout=600)
+
+
+def test_portainer_login(platform, inventory_hosts):
+    if "portainer" not in platform["addons"]:
+        pytest.skip("platform_portainer is off in this inventory")
+    import json
+
+    data = next(h for h in inventory_hosts if "k3s_servers" in h["groups"])["data"]
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    def login(password: str) -> int:
+        conn = http.client.HTTPSConnection(platform["vip"], 443, timeout=20, context=context)
+        body = json.dumps({"username": "admin", "password": password})
+        conn.request("POST", "/api/auth", body=body, headers={"Host": f"portainer.{platform['settings'].domain}", "Content-Type": "application/json"})
+        return conn.getresponse().status
+
+    assert _wait("Portainer login with the store's password", lambda: login(data["platform_portainer_admin_password"]) == 200, timeout=600)
+    assert login("wrong-password-123") in (401, 422)
