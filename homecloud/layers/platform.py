@@ -40,7 +40,7 @@ FIELD_KEYS = {
     "tls": "platform_tls",
     "acme_email": "platform_acme_email",
     "acme_server": "platform_acme_server",
-    "longhorn_nodes": "longhorn_enabled",
+    "longhorn_nodes": "longhorn_enabled",  # e.g. a node name Kubernetes refuses
     "longhorn_replicas": "platform_longhorn_replicas",
     "longhorn_data_path": "longhorn_data_path",
     "longhorn_backup_target": "platform_backup_target",
@@ -241,7 +241,7 @@ def check(err, cluster: Cluster) -> None:
             return  # reported by the type checks
         for problem in hp.check(settings):
             _, field_name, rest = problem.split(": ", 2)
-            if field_name in ("longhorn_nodes", "longhorn_backup_target", "acme_email", "domain", "acme_storage_class", "addons"):
+            if field_name in ("longhorn_backup_target", "acme_email", "domain", "acme_storage_class", "addons") or (field_name == "longhorn_nodes" and not nodes):
                 continue  # reported above with the inventory's own words
             what, _, fix = rest.partition(". Fix: ")
             err(first.name, FIELD_KEYS.get(field_name, field_name), what, fix)
