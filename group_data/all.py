@@ -182,6 +182,73 @@ nfs_statd_port = 32765
 # lockd / NLM (NFSv3 locks), TCP and UDP.
 nfs_lockd_port = 32768
 
+# --- platform: Kubernetes add-ons applied by k3s (deploys/platform.py) ------------------------
+# None: on when k3s is (k3s_install is not "off"). False: homecloud leaves the cluster's add-ons alone.
+platform_enabled = None
+# The name the UIs are reached under (<ui>.<domain>). None: home.arpa (LAN only, self-signed).
+platform_domain = None
+# "selfsigned": Traefik's own certificate (LAN only); "acme": Let's Encrypt HTTP-01 (ports 80/443 forwarded to the VIP).
+platform_tls = "selfsigned"
+# Let's Encrypt account e-mail (platform_tls = "acme").
+platform_acme_email = None
+# "staging" while testing: Let's Encrypt rate-limits production certificates.
+platform_acme_server = "production"
+# The LAN Traefik trusts X-Forwarded-* headers from. None: the first server's node_ip/network_prefix.
+platform_lan_cidr = None
+# Tune k3s's Traefik (HTTPS redirect, TLS, access log). False: k3s's defaults.
+platform_traefik = True
+# Longhorn (chart of charts.longhorn.io). None: on when a k3s node has longhorn_enabled.
+platform_longhorn = None
+# None: the chart version checked offline (kubernetes/platform/longhorn/helmchart.yaml).
+platform_longhorn_chart_version = None
+# SECRET (optional): exposes Longhorn's UI at https://longhorn.<domain> behind basic auth (user admin,
+# bcrypt in a Traefik middleware). None: the UI is not exposed (kubectl port-forward only).
+platform_longhorn_ui_password = None
+# Replicas per volume. None: min(3, Longhorn nodes).
+platform_longhorn_replicas = None
+# Longhorn backups: "nfs://<dnas node>/<export path>" (an entry of its nfs_exports) or
+# "s3://bucket@region/path/" (credentials below). None: snapshots only, no backups.
+platform_backup_target = None
+# SECRET (S3 target): access key id.
+platform_backup_s3_access_key_id = None
+# SECRET (S3 target): secret access key.
+platform_backup_s3_secret_access_key = None
+# S3-compatible endpoint URL (MinIO, Garage ...); None: AWS.
+platform_backup_s3_endpoint = None
+# Daily snapshot of every Longhorn volume (cron, cluster time) and how many to keep.
+platform_snapshot_cron = "0 2 * * *"
+platform_snapshot_retain = 7
+# Daily backup to platform_backup_target and how many to keep.
+platform_backup_cron = "0 3 * * *"
+platform_backup_retain = 14
+# kube-prometheus-stack (Prometheus, Alertmanager, Grafana at grafana.<domain>, node-exporter on every
+# node), about 1.2 GiB of memory on the cluster. Off by default: the inventory has no key for a node's
+# memory, so homecloud cannot tell a 4 GB cluster from a 1 GB one. Needs "etcd-expose-metrics": True
+# in k3s_server_config.
+platform_monitoring = False
+# Kubernetes Dashboard at https://dashboard.<domain> (about 300 MiB). Log in with a token:
+# python -m homecloud.platform token [--read-only].
+platform_dashboard = False
+# Portainer CE at https://portainer.<domain> (about 100-250 MiB), user admin.
+platform_portainer = False
+# SECRET (Portainer): the admin password.
+platform_portainer_admin_password = None
+# SECRET (monitoring): Grafana's admin password (user admin).
+platform_grafana_admin_password = None
+# Where alerts go: "email", "webhook" (ntfy, Gotify ...); None: the Alertmanager UI only.
+platform_alert_receiver = None
+# E-mail receiver: to, from, the SMTP server (host:port, STARTTLS) and its user.
+platform_alert_email_to = None
+platform_alert_email_from = None
+platform_alert_smtp_smarthost = None
+platform_alert_smtp_username = None
+# SECRET (e-mail receiver): the SMTP password.
+platform_alert_smtp_password = None
+# SECRET (webhook receiver): the URL alerts are POSTed to (it often holds a token).
+platform_alert_webhook_url = None
+# Seconds to wait for the add-ons' install jobs and workloads.
+platform_ready_timeout = 900
+
 # --- Validation -------------------------------------------------------------------------------
 # pyinfra runs this file after the inventory file and before it connects: check the inventory
 # there, with its --data overrides (homecloud/model.py, check_loading_inventory).

@@ -20,6 +20,7 @@ missing.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import re
 import shutil
@@ -87,6 +88,10 @@ CRD_SCHEMAS = {
     ("helm.cattle.io/v1", "HelmChart"): ("helm-controller", "HelmChart"),
     ("helm.cattle.io/v1", "HelmChartConfig"): ("helm-controller", "HelmChartConfig"),
     ("longhorn.io/v1beta2", "RecurringJob"): ("longhorn-recurringjob", None),
+    ("traefik.io/v1alpha1", "Middleware"): ("traefik-middleware", "Middleware"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"): ("prometheus-operator", "PrometheusRule"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): ("prometheus-operator", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PodMonitor"): ("prometheus-operator", "PodMonitor"),
 }
 
 
@@ -95,6 +100,12 @@ def crd_schema(source: str, kind: str | None) -> dict:
         version = VERSIONS["k3s_bundled_helm_controller"].get(pinned_k3s())
         assert version, f"tests/data/platform/versions.yaml: no helm-controller for k3s {pinned_k3s()}"
         schema = json.loads((DATA / f"helm-controller-{version}.schema.json").read_text())
+        return {**schema, "$ref": f"#/$defs/{kind}"}
+    if source == "traefik-middleware":
+        schema = json.loads((DATA / f"traefik-{traefik_chart_version()}-middleware.schema.json").read_text())
+        return {**schema, "$ref": f"#/$defs/{kind}"}
+    if source == "prometheus-operator":
+        schema = json.loads((DATA / f"prometheus-operator-kps-{monitoring_chart_version()}.schema.json").read_text())
         return {**schema, "$ref": f"#/$defs/{kind}"}
     return json.loads((DATA / f"longhorn-{longhorn_chart_version()}-recurringjob.schema.json").read_text())
 
@@ -171,12 +182,23 @@ def longhorn_chart_version() -> str:
     return helmchart["spec"]["version"]
 
 
+def monitoring_chart_version() -> str:
+    helmchart = yaml.safe_load((PLATFORM / "monitoring" / "helmchart.yaml").read_text())
+    return helmchart["spec"]["version"]
+
+
 def chart_keys_for(obj: dict) -> list[str] | None:
     """The key list for the chart an object configures; None for objects without values."""
     if obj.get("kind") == "HelmChartConfig" and obj["metadata"]["name"] == "traefik":
         return load_keys(f"traefik-{traefik_chart_version()}")
     if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "longhorn":
         return load_keys(f"longhorn-{obj['spec']['version']}")
+    if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "portainer":
+        return load_keys(f"portainer-{obj['spec']['version']}")
+    if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "kubernetes-dashboard":
+        return load_keys(f"kubernetes-dashboard-{obj['spec']['version']}")
+    if obj.get("kind") == "HelmChart" and obj["spec"].get("chart") == "kube-prometheus-stack":
+        return load_keys(f"kube-prometheus-stack-{obj['spec']['version']}")
     if obj.get("kind") in ("HelmChart", "HelmChartConfig"):
         raise AssertionError(f"{obj['kind']} {obj['metadata']['name']}: no key list for its chart; add one")
     return None
@@ -203,6 +225,7 @@ def values_errors(objects: list[dict]) -> list[str]:
 CLUSTER_SCOPED = {"Namespace", "StorageClass", "ClusterRole", "ClusterRoleBinding", "PriorityClass", "CustomResourceDefinition"}
 SYSTEM_NAMESPACES = {"kube-system"}
 SEMVER = re.compile(r"v?\d+\.\d+\.\d+")
+NOT_SECRET_KEY = re.compile(r"(^|[-_])(user|username)$", re.I)
 SECRETISH = re.compile(r"(password|passwd|secret|token|apikey|api_key|accesskey|access_key|privatekey|credential)", re.I)
 
 
@@ -248,9 +271,11 @@ def policy_errors(objects: list[dict]) -> list[str]:
     secret_values = set()
     for obj in objects:
         if obj.get("kind") == "Secret":
-            for value in (obj.get("data") or {}).values():
-                secret_values.add(base64.b64decode(value).decode("utf-8", "replace"))
-            secret_values |= set((obj.get("stringData") or {}).values())
+            # A user name kept beside its password (Grafana's admin-user) is not a secret.
+            for key, value in (obj.get("data") or {}).items():
+                if not NOT_SECRET_KEY.search(key):
+                    secret_values.add(base64.b64decode(value).decode("utf-8", "replace"))
+            secret_values |= {v for k, v in (obj.get("stringData") or {}).items() if not NOT_SECRET_KEY.search(k)}
     secret_values = {v for v in secret_values if len(v) >= 4}
     for obj in objects:
         kind, meta = obj.get("kind"), obj.get("metadata", {})
@@ -299,6 +324,9 @@ def policy_errors(objects: list[dict]) -> list[str]:
             for path in value_paths(values):
                 leaf = path.rsplit(".", 1)[-1]
                 if SECRETISH.search(leaf) and not re.search(r"(Secret|SecretName|secretName|Secrets|Ref)$", leaf):
+                    parent = _get(values, path.rsplit(".", 1)[0]) if "." in path else values
+                    if leaf.endswith("Key") and isinstance(parent, dict) and parent.get("existingSecret"):
+                        continue  # the name of a key in that existing Secret, not a value
                     value = _get(values, path)
                     if value not in (None, "", {}, []) and not isinstance(value, (dict, bool)):
                         errors.append(f"{what}: valuesContent {path} holds a value; secrets go in a Secret")
@@ -328,12 +356,14 @@ def test_the_pins_have_their_test_data(kv):
     assert f"{minor}.0" in kv.utils.all_versions(), f"kubernetes-validate has no schemas for Kubernetes {minor}"
     assert (DATA / f"traefik-{traefik_chart_version()}.values-keys.txt").is_file()
     assert (DATA / f"longhorn-{longhorn_chart_version()}.values-keys.txt").is_file()
+    assert (DATA / f"kube-prometheus-stack-{monitoring_chart_version()}.values-keys.txt").is_file()
+    assert (DATA / f"prometheus-operator-kps-{monitoring_chart_version()}.schema.json").is_file()
     assert (DATA / f"longhorn-{longhorn_chart_version()}-recurringjob.schema.json").is_file()
     assert (DATA / f"helm-controller-{VERSIONS['k3s_bundled_helm_controller'][pinned_k3s()]}.schema.json").is_file()
 
 
 def test_there_are_modules():
-    assert {"traefik", "longhorn"} <= set(MODULES)
+    assert {"traefik", "longhorn", "monitoring", "dashboard", "portainer"} <= set(MODULES)
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -448,6 +478,8 @@ def test_policy_checks_fail_on_bad_manifests():
 
 S3_ENV = "AWS_ACCESS_KEY_ID=AKIAHOMECLOUDTEST\nAWS_SECRET_ACCESS_KEY=not-a-real-secret-4f9c2e\nAWS_ENDPOINTS=https://minio.lan:9000\n"
 
+MONITORING_ENV = "GRAFANA_ADMIN_PASSWORD=grafana-not-real-7d1e\nSMTP_PASSWORD=smtp-not-real-2b8a\nWEBHOOK_URL=https://ntfy.example.org/hc-topic-not-real-91c3\n"
+
 OVERLAYS = {
     "lan-selfsigned": {"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1", "pi2", "pi3"]},
     "acme-nfs-backup": {
@@ -461,6 +493,27 @@ OVERLAYS = {
         "acme_server": "staging", "acme_storage_class": "local-path", "longhorn_nodes": ["node1", "node2"],
         "longhorn_backup_target": "s3://homecloud-backups@eu-west-1/longhorn/",
     },
+    "longhorn-ui": {"domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1"], "longhorn_replicas": 1, "longhorn_ui": True},
+    "longhorn-ui-acme-s3": {
+        "domain": "cloud.example.org", "lan_cidr": "172.16.5.0/24", "tls": "acme", "acme_email": "admin@example.org",
+        "acme_storage_class": "local-path", "longhorn_nodes": ["node1", "node2"], "longhorn_ui": True,
+        "longhorn_backup_target": "s3://homecloud-backups@eu-west-1/longhorn/",
+    },
+    "monitoring-email": {
+        "domain": "home.example.org", "lan_cidr": "192.168.1.0/24", "longhorn_nodes": ["pi1", "pi2", "pi3"],
+        "addons": ["traefik", "longhorn", "monitoring"], "server_ips": ["192.168.1.11", "192.168.1.12", "192.168.1.13"],
+        "alert_receiver": "email", "alert_email_to": "me@example.org", "alert_email_from": "cluster@example.org",
+        "alert_smtp_smarthost": "smtp.example.org:587",
+    },
+    "monitoring-acme-webhook": {
+        "domain": "cloud.example.org", "lan_cidr": "10.0.0.0/16", "tls": "acme", "acme_email": "admin@example.org",
+        "acme_storage_class": "local-path", "addons": ["traefik", "monitoring"], "server_ips": ["10.0.0.2"],
+        "alert_receiver": "webhook",
+    },
+    "dashboard-acme": {
+        "domain": "cloud.example.org", "lan_cidr": "10.0.0.0/16", "tls": "acme", "acme_email": "admin@example.org",
+        "acme_storage_class": "local-path", "addons": ["traefik", "dashboard", "portainer"],
+    },
     "traefik-only": {"domain": "home.example.org", "lan_cidr": "192.168.178.0/24", "tls": "acme", "acme_email": "a@example.org",
                      "acme_storage_class": "local-path", "addons": ["traefik"]},
 }
@@ -472,7 +525,14 @@ def write(tmp_path: Path, name: str):
     settings = platform.settings_from_dict(OVERLAYS[name])
     env = tmp_path / "s3.env"
     env.write_text(S3_ENV)
-    overlays = platform.write_overlays(settings, tmp_path / "overlay", secret_files={"longhorn-backup": env})
+    monitoring = tmp_path / "monitoring.env"
+    monitoring.write_text(MONITORING_ENV)
+    ui = tmp_path / "longhorn-ui.env"
+    ui.write_text("LONGHORN_UI_PASSWORD=ui-not-real-5e0f\n")
+    portainer = tmp_path / "portainer.env"
+    portainer.write_text("PORTAINER_ADMIN_PASSWORD=portainer-not-real-8a2d\n")
+    secret_files = {"longhorn-backup": env, "monitoring": monitoring, "longhorn-ui": ui, "portainer": portainer}
+    overlays = platform.write_overlays(settings, tmp_path / "overlay", secret_files=secret_files)
     return settings, overlays
 
 
@@ -502,6 +562,12 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
     else:
         assert "certResolvers" not in values and "persistence" not in values
 
+    if "monitoring" in built:
+        check_monitoring_overlay(settings, built["monitoring"])
+    if "dashboard" in built:
+        check_dashboard_overlay(settings, built["dashboard"])
+    if "portainer" in built:
+        check_portainer_overlay(settings, built["portainer"])
     if "longhorn" not in built:
         return
     objects = {(o["kind"], o["metadata"]["name"]): o for o in built["longhorn"]}
@@ -516,13 +582,18 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
         assert (job["task"], job["cron"], job["retain"]) == ("backup", settings.longhorn_backup_cron, settings.longhorn_backup_retain)
     else:
         assert "defaultBackupStore" not in lvalues and ("RecurringJob", "backup-daily") not in objects
+    if settings.longhorn_ui:
+        check_longhorn_ui(settings, objects)
+    else:
+        assert ("Ingress", "longhorn-ui") not in objects and ("Secret", "longhorn-ui-auth") not in objects
+        objects = {k: v for k, v in objects.items()}
     if settings.longhorn_backup_target and settings.longhorn_backup_target.startswith("s3://"):
         secret = objects["Secret", "longhorn-backup-credentials"]
         assert secret["metadata"]["namespace"] == "longhorn-system"
         assert base64.b64decode(secret["data"]["AWS_SECRET_ACCESS_KEY"]).decode() == "not-a-real-secret-4f9c2e"
         assert lvalues["defaultBackupStore"]["backupTargetCredentialSecret"] == "longhorn-backup-credentials"
     else:
-        assert not any(kind == "Secret" for kind, _ in objects)
+        assert not any(kind == "Secret" and name != "longhorn-ui-auth" for kind, name in objects)
 
 
 def test_secrets_stay_in_0600_files_of_the_overlay(tmp_path):
@@ -613,3 +684,134 @@ def test_a_failed_build_says_why(tmp_path, kubectl, monkeypatch):
     monkeypatch.setattr(platform.subprocess, "run", missing)
     with pytest.raises(platform.PlatformError, match="k3s not found: .* k3s kubectl"):
         platform.build(tmp_path, kubectl=("k3s", "kubectl"))
+
+
+def check_monitoring_overlay(settings, objects: list[dict]) -> None:
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    values = yaml.safe_load(by["HelmChart", "kube-prometheus-stack"]["spec"]["valuesContent"])
+    host = f"grafana.{settings.domain}"
+    assert values["grafana"]["ingress"]["hosts"] == [host] and values["grafana"]["ingress"]["tls"] == [{"hosts": [host]}]
+    resolver = values["grafana"]["ingress"]["annotations"].get("traefik.ingress.kubernetes.io/router.tls.certresolver")
+    assert resolver == ("letsencrypt" if settings.tls == "acme" else None)
+    assert values["kubeEtcd"]["endpoints"] == list(settings.server_ips)
+    assert values["grafana"]["admin"]["existingSecret"] == "grafana-admin"
+    admin = by["Secret", "grafana-admin"]
+    assert admin["metadata"]["namespace"] == "monitoring"
+    assert base64.b64decode(admin["data"]["admin-password"]).decode() == "grafana-not-real-7d1e"
+    config = yaml.safe_load(base64.b64decode(by["Secret", "alertmanager-kube-prometheus-stack-alertmanager"]["data"]["alertmanager.yaml"]))
+    [receiver] = [r for r in config["receivers"] if r["name"] == config["route"]["receiver"]]
+    if settings.alert_receiver == "email":
+        [email] = receiver["email_configs"]
+        assert (email["to"], email["smarthost"], email["auth_password"]) == (settings.alert_email_to, settings.alert_smtp_smarthost, "smtp-not-real-2b8a")
+    else:
+        assert receiver["webhook_configs"] == [{"url": "https://ntfy.example.org/hc-topic-not-real-91c3", "send_resolved": True}]
+    text = yaml.safe_dump_all(o for o in objects if o["kind"] != "Secret")
+    assert not any(secret in text for secret in ("grafana-not-real", "smtp-not-real", "hc-topic-not-real"))
+
+
+def test_monitoring_module_does_what_the_issue_asks(kubectl, kv, jsonschema):
+    objects = build(kubectl, PLATFORM / "monitoring")
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    values = yaml.safe_load(by["HelmChart", "kube-prometheus-stack"]["spec"]["valuesContent"])
+    spec = values["prometheus"]["prometheusSpec"]
+    assert spec["scrapeInterval"] == "60s" and spec["retention"] and spec["retentionSize"]
+    assert spec["resources"]["limits"]["memory"] and spec["resources"]["requests"]["memory"]
+    exporter = values["prometheus-node-exporter"]
+    assert exporter["tolerations"] == [{"operator": "Exists"}], "node-exporter on every node"
+    assert "--collector.textfile.directory=/host/root/var/lib/prometheus/node-exporter" in exporter["extraArgs"]
+    assert values["alertmanager"]["alertmanagerSpec"]["useExistingSecret"] is True
+    alerts = {r["alert"]: r["expr"] for g in by["PrometheusRule", "homecloud"]["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {
+        "HomecloudNodeDown", "HomecloudFilesystemFilling", "HomecloudLonghornVolumeDegraded", "HomecloudLonghornVolumeFaulted",
+        "HomecloudBackupTooOld", "HomecloudCertificateExpiring", "HomecloudEtcdMemberDown",
+    }
+    assert "homecloud_backup_last_success_timestamp_seconds" in alerts["HomecloudBackupTooOld"]
+    # The custom resources are really checked: a misspelt field of a rule is refused.
+    broken = copy.deepcopy(by["PrometheusRule", "homecloud"])
+    broken["spec"]["groups"][0]["rules"][0]["expresion"] = broken["spec"]["groups"][0]["rules"][0].pop("expr")
+    assert schema_errors([broken], kv, jsonschema, k8s_minor(pinned_k3s()))
+
+
+def test_monitoring_needs_its_secrets(tmp_path):
+    from homecloud import platform
+
+    settings = platform.settings_from_dict(OVERLAYS["monitoring-email"])
+    env = tmp_path / "monitoring.env"
+    env.write_text("GRAFANA_ADMIN_PASSWORD=x-not-real\n")
+    with pytest.raises(platform.PlatformError, match="the email receiver needs SMTP_PASSWORD"):
+        platform.write_overlays(settings, tmp_path / "overlay", secret_files={"monitoring": env})
+    with pytest.raises(platform.PlatformError, match="secret_files\\['monitoring'\\]"):
+        platform.write_overlays(settings, tmp_path / "overlay2", secret_files={})
+
+
+def check_longhorn_ui(settings, objects: dict) -> None:
+    import bcrypt
+
+    ingress = objects["Ingress", "longhorn-ui"]
+    host = f"longhorn.{settings.domain}"
+    assert ingress["spec"]["rules"][0]["host"] == host and ingress["spec"]["tls"] == [{"hosts": [host]}]
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["traefik.ingress.kubernetes.io/router.middlewares"] == "longhorn-system-longhorn-ui-auth@kubernetescrd"
+    assert annotations["traefik.ingress.kubernetes.io/router.entrypoints"] == "websecure"
+    assert objects["Middleware", "longhorn-ui-auth"]["spec"]["basicAuth"]["secret"] == "longhorn-ui-auth"
+    user, hashed = base64.b64decode(objects["Secret", "longhorn-ui-auth"]["data"]["users"]).decode().strip().split(":", 1)
+    assert user == "admin" and bcrypt.checkpw(b"ui-not-real-5e0f", hashed.encode())
+
+
+def test_htpasswd_line_is_bcrypt_and_stable():
+    import bcrypt
+
+    from homecloud import platform
+
+    line = platform.htpasswd_line("admin", "correct horse")
+    assert line == platform.htpasswd_line("admin", "correct horse"), "a random salt would rewrite the manifest on every run"
+    assert line != platform.htpasswd_line("admin", "correct horsf")
+    user, hashed = line.split(":", 1)
+    assert user == "admin" and hashed.startswith("$2b$12$") and bcrypt.checkpw(b"correct horse", hashed.encode())
+
+
+def check_dashboard_overlay(settings, objects: list[dict]) -> None:
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    values = yaml.safe_load(by["HelmChart", "kubernetes-dashboard"]["spec"]["valuesContent"])
+    ingress = values["app"]["ingress"]
+    assert ingress["enabled"] and ingress["hosts"] == [f"dashboard.{settings.domain}"] and ingress["ingressClassName"] == "traefik"
+    assert ingress["annotations"]["traefik.ingress.kubernetes.io/router.entrypoints"] == "websecure"
+    assert ingress["annotations"]["traefik.ingress.kubernetes.io/router.tls"] == "true"
+    assert ingress["annotations"].get("traefik.ingress.kubernetes.io/router.tls.certresolver") == ("letsencrypt" if settings.tls == "acme" else None)
+    roles = {o["subjects"][0]["name"]: o["roleRef"]["name"] for o in objects if o["kind"] == "ClusterRoleBinding"}
+    assert roles == {"dashboard-viewer": "view", "dashboard-admin": "cluster-admin"}
+    assert not any(o["kind"] == "Secret" for o in objects), "no long-lived token Secret: tokens come from the TokenRequest API"
+
+
+def test_dashboard_token_command_prints_only_the_token():
+    import io
+    from types import SimpleNamespace
+
+    from homecloud import platform
+
+    calls = []
+
+    class Core:
+        def create_namespaced_service_account_token(self, account, namespace, body):
+            calls.append((account, namespace, body.spec.expiration_seconds))
+            return SimpleNamespace(status=SimpleNamespace(token="eyJ-token-not-real"))
+
+    out = io.StringIO()
+    assert platform.main(["token"], out=out, apis=Core) == 0
+    assert out.getvalue() == "eyJ-token-not-real\n"
+    platform.main(["token", "--read-only", "--minutes", "15"], out=io.StringIO(), apis=Core)
+    assert calls == [("dashboard-admin", "kubernetes-dashboard", 3600), ("dashboard-viewer", "kubernetes-dashboard", 900)]
+    with pytest.raises(SystemExit):
+        platform.main(["token", "--minutes", "100000"], out=io.StringIO(), apis=Core)
+
+
+def check_portainer_overlay(settings, objects: list[dict]) -> None:
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+    values = yaml.safe_load(by["HelmChart", "portainer"]["spec"]["valuesContent"])
+    host = f"portainer.{settings.domain}"
+    assert values["ingress"]["hosts"] == [{"host": host, "paths": [{"path": "/"}]}] and values["ingress"]["tls"] == [{"hosts": [host]}]
+    assert values["service"]["type"] == "ClusterIP", "only through the ingress"
+    assert values["image"]["tag"] == "2.39.4"
+    secret = by["Secret", "portainer-admin"]
+    assert secret["metadata"]["namespace"] == "portainer" and values["adminPassword"]["existingSecret"] == "portainer-admin"
+    assert base64.b64decode(secret["data"]["password"]).decode() == "portainer-not-real-8a2d"

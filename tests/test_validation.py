@@ -482,6 +482,78 @@ BAD = {
         lambda ns: set_host(ns, "pi4", longhorn_device="/dev/sdb"),
         "pi4: longhorn_device: `/dev/sdb` may name another disk after a reboot. Fix: use UUID=... or LABEL=... (see `blkid`), or /dev/disk/by-id/...",
     ),
+    "platform_acme_without_domain": (
+        lambda ns: set_all(ns, platform_tls="acme", platform_acme_email="me@example.org"),
+        'pi1: platform_domain: platform_tls is "acme" but no domain is given. Fix: set platform_domain',
+    ),
+    "platform_acme_local_domain": (
+        lambda ns: set_all(ns, platform_tls="acme", platform_domain="cloud.home.arpa", platform_acme_email="me@example.org"),
+        "pi1: platform_domain: `cloud.home.arpa` is a LAN-only name",
+    ),
+    "platform_s3_without_credentials": (
+        lambda ns: set_all(ns, platform_backup_target="s3://my-bucket@us-east-1/homecloud/"),
+        "pi1: platform_backup_s3_access_key_id: the S3 backup target needs credentials, and there are none in the secret store",
+    ),
+    "platform_nfs_export_missing": (
+        lambda ns: set_all(ns, platform_backup_target="nfs://pi1/longhorn-backup"),
+        "pi1: platform_backup_target: pi1 has no NFS export `longhorn-backup` (its nfs_exports: data). Fix: add",
+    ),
+    "platform_nfs_not_dnas": (
+        lambda ns: set_all(ns, platform_backup_target="nfs://pi3/data"),
+        "pi1: platform_backup_target: `pi3` is not a dnas node. Fix: name one of the dnas group (pi1, pi2)",
+    ),
+    "platform_more_replicas_than_nodes": (
+        lambda ns: set_host(set_host(set_all(ns, platform_longhorn_replicas=3), "pi3", longhorn_enabled=False), "pi4", longhorn_enabled=False),
+        "pi1: platform_longhorn_replicas: 3 replicas but 2 Longhorn node(s) (pi1, pi2). Fix: at most 2",
+    ),
+    "platform_addon_with_k3s_off": (
+        lambda ns: set_all(ns, k3s_install="off", platform_longhorn=True),
+        'pi1: platform_longhorn: True, but k3s_install is "off"',
+    ),
+    "platform_differs_between_servers": (
+        lambda ns: set_host(ns, "pi2", platform_tls="acme"),
+        "pi2: platform_tls: differs from pi1's: the platform is one per cluster",
+    ),
+    "platform_monitoring_without_grafana_password": (
+        lambda ns: set_all(ns, platform_monitoring=True, k3s_server_config={"etcd-expose-metrics": True}),
+        "pi1: platform_grafana_admin_password: monitoring is on but Grafana's admin password is not in the secret store",
+    ),
+    "platform_monitoring_without_etcd_metrics": (
+        lambda ns: set_all(ns, platform_monitoring=True, platform_grafana_admin_password="a-long-random-Passw0rd"),
+        "pi2: k3s_server_config: monitoring is on but etcd's metrics are only on 127.0.0.1",
+    ),
+    "platform_webhook_without_url": (
+        lambda ns: set_all(ns, platform_monitoring=True, platform_grafana_admin_password="a-long-random-Passw0rd",
+                           k3s_server_config={"etcd-expose-metrics": True}, platform_alert_receiver="webhook"),
+        "pi1: platform_alert_webhook_url: the webhook alert receiver needs it, and it is not in the secret store",
+    ),
+    "platform_email_without_smarthost": (
+        lambda ns: set_all(ns, platform_monitoring=True, platform_grafana_admin_password="a-long-random-Passw0rd",
+                           k3s_server_config={"etcd-expose-metrics": True}, platform_alert_receiver="email",
+                           platform_alert_email_to="me@example.org", platform_alert_email_from="hc@example.org",
+                           platform_alert_smtp_password="a-long-random-Passw0rd"),
+        "pi1: platform_alert_smtp_smarthost: None. Fix: host:port of your mail server",
+    ),
+    "platform_longhorn_ui_example_password": (
+        lambda ns: set_all(ns, platform_longhorn_ui_password="changeme"),
+        "pi1: platform_longhorn_ui_password: left at an example value",
+    ),
+    "platform_longhorn_ui_without_traefik": (
+        lambda ns: set_all(ns, platform_longhorn_ui_password="a-long-random-Passw0rd", platform_traefik=False),
+        "pi1: platform_longhorn_ui_password: set, but the UI needs both the longhorn and the traefik add-on",
+    ),
+    "platform_dashboard_without_traefik": (
+        lambda ns: set_all(ns, platform_dashboard=True, platform_traefik=False),
+        "pi1: platform_dashboard: True, but platform_traefik is False: its UI is only reached through the ingress",
+    ),
+    "platform_portainer_without_password": (
+        lambda ns: set_all(ns, platform_portainer=True),
+        "pi1: platform_portainer_admin_password: Portainer is on but its admin password is not in the secret store",
+    ),
+    "platform_bad_cron": (
+        lambda ns: set_all(ns, platform_snapshot_cron="daily"),
+        "pi1: platform_snapshot_cron: 'daily'. Fix: five cron fields",
+    ),
 }
 
 

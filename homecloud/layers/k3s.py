@@ -24,6 +24,8 @@ from homecloud.schema import K3S_GROUPS, Cluster, InventoryError, Key, Kind, Lay
 from operations import k3s as k3s_ops, secrets as secrets_ops
 
 LONGHORN_NO_DISK_LABEL = "node.longhorn.io/create-default-disk=false"
+# The platform's Longhorn chart (kubernetes/platform/longhorn) puts disks and its pods only on these.
+LONGHORN_DISK_LABEL = "node.longhorn.io/create-default-disk=true"
 
 LABEL_RE = re.compile(r"([a-z0-9A-Z]([a-z0-9A-Z._/-]*[a-z0-9A-Z])?)=([A-Za-z0-9._-]*)")
 TAINT_RE = re.compile(
@@ -181,6 +183,8 @@ def k3s(
         # and nodes without its host prerequisites must not get replicas.
         if LONGHORN_NO_DISK_LABEL not in labels:
             labels.append(LONGHORN_NO_DISK_LABEL)
+    elif LONGHORN_DISK_LABEL not in labels and LONGHORN_NO_DISK_LABEL not in labels:
+        labels.append(LONGHORN_DISK_LABEL)
     token = settings.k3s_token
     token_arg = HiddenValue(token) if token else None
     timeout = settings.k3s_ready_timeout
