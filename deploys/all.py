@@ -10,7 +10,7 @@ any host changes.
 
 from pyinfra import host, state
 
-from homecloud.layers import base, dnas, k3s, keepalived, longhorn
+from homecloud.layers import base, dnas, k3s, keepalived, longhorn, services
 from homecloud.fingerprints import check_secrets
 from homecloud.model import check_state
 
@@ -25,3 +25,4 @@ keepalived.apply(state, host)  # the virtual IP on keepalived_group
 k3s.apply(state, host)  # k3s servers and agents
 longhorn.apply(state, host)  # Longhorn's host prerequisites
 dnas.apply(state, host)  # the NAS: disk, owner, Syncthing, then Samba and NFS
+services.apply(state, host)  # Nextcloud's manifest on the k3s servers (after the dnas: its NFS exports)

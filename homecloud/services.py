@@ -37,6 +37,7 @@ import yaml
 
 from homecloud import REPO_ROOT
 from homecloud.platform import PlatformError, build
+from homecloud.schema import is_ip
 
 SERVICES_DIR = REPO_ROOT / "kubernetes" / "services"
 NAMESPACE = "nextcloud"
@@ -96,7 +97,7 @@ def check(s: NextcloudSettings) -> list[str]:
         problems.append(f"nextcloud: {key}: {problem}. Fix: {fix}")
 
     for key, value in [("domain", s.domain)] + [("extra_domains", d) for d in s.extra_domains]:
-        if not isinstance(value, str) or not (HOSTNAME_RE.fullmatch(value) or _is_ip(value)):
+        if not isinstance(value, str) or not (HOSTNAME_RE.fullmatch(value) or is_ip(value)):
             bad(key, f"{value!r} is not a DNS name or IP address", "write it like cloud.example.org (lower case)")
     for cidr in s.trusted_proxies:
         try:
@@ -133,14 +134,6 @@ def check(s: NextcloudSettings) -> list[str]:
             if not NC_NAME_RE.fullmatch(who):
                 bad("storages", f"{storage.mount}: {who!r} is not a Nextcloud user or group name", "letters, digits and _.@-")
     return problems
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-        return True
-    except ValueError:
-        return False
 
 
 def _volume_name(mount: str) -> str:

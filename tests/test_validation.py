@@ -767,3 +767,102 @@ def test_a_key_given_to_a_group_that_does_not_read_it(tmp_path):
     (tmp_path / "group_data" / "k3s_agents.py").unlink()
     (tmp_path / "group_data" / "k3s_servers.py").write_text("dnas_path = '/srv/nas'\n")
     assert hosts_from_inventory_namespace(good_inventory(), str(tmp_path / "home.py"))[1] == []
+
+
+# --- Nextcloud (homecloud/layers/services.py) -------------------------------------------------
+
+NEXTCLOUD = {
+    "nextcloud_enabled": True,
+    "nextcloud_domain": "cloud.example.org",
+    "nextcloud_admin_password": "Xq7-admin-Vn2kLr9",
+    "nextcloud_db_password": "Xq7-db-Vn2kLr9pw",
+    "nextcloud_db_root_password": "Xq7-root-Vn2kLr9",
+    "nextcloud_redis_password": "Xq7-redis-Vn2kLr",
+    "nextcloud_storages": [
+        {"mount": "Photos", "node": "pi1", "path": "data/photos", "users": ["alice"]},
+        {"mount": "Family", "node": "pi2", "path": "data/family", "groups": ["family"]},
+    ],
+    "nextcloud_dump_node": "pi1",
+    "nextcloud_dump_path": "data/backups/nextcloud-db",
+}
+
+
+def nextcloud_inventory(**over):
+    return set_all(good_inventory(), **{**copy.deepcopy(NEXTCLOUD), **over})
+
+
+def test_good_nextcloud_inventory_passes():
+    assert errors_of(nextcloud_inventory()) == []
+
+
+NEXTCLOUD_BAD = {
+    "unknown_node": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "storage-box", "path": "data/photos", "users": ["alice"]}]},
+        "pi1: nextcloud_storages: storage `Photos`: node `storage-box` is not a dnas node. Fix: name one of the dnas nodes (pi1, pi2)",
+    ),
+    "misspelt_node": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi22", "path": "data/photos", "users": ["alice"]}]},
+        "pi1: nextcloud_storages: storage `Photos`: node `pi22` is not a dnas node. Fix: did you mean `pi2`?",
+    ),
+    "no_export_holds_it": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "photos", "users": ["alice"]}]},
+        "pi1: nextcloud_storages: storage `Photos`: no writable NFS export of pi1 holds `photos`",
+    ),
+    "read_only_export": (
+        {"nfs_exports": [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": True}]},
+        "pi1: nextcloud_storages: storage `Photos`: no writable NFS export of pi1 holds `data/photos`",
+    ),
+    "export_closed_to_a_k3s_node": (
+        {"nfs_exports": [{"path": "data", "networks": ["192.168.1.11/32", "192.168.1.12/32", "192.168.1.13/32"], "read_only": False}]},
+        "pi1: nextcloud_storages: storage `Photos`: the export `data` of pi1 does not let k3s node pi4 (192.168.1.14) in",
+    ),
+    "nfs_off": (
+        {"nfs_enabled": False},
+        "pi1: nextcloud_storages: storage `Photos`: pi1 does not serve NFS (nfs_enabled = False)",
+    ),
+    "escaping_path": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "../etc", "users": ["alice"]}]},
+        "pi1: nextcloud_storages: path `'../etc'` must be relative to dnas_path and stay inside it",
+    ),
+    "nobody_gets_it": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "data/photos"}]},
+        "pi1: nextcloud_storages: storage `Photos` names no users and no groups",
+    ),
+    "mount_twice": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "data/a", "users": ["a"]}, {"mount": "photos", "node": "pi2", "path": "data/b", "users": ["b"]}]},
+        "pi1: nextcloud_storages: mount `photos` is given twice",
+    ),
+    "typo_in_entry": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "data/photos", "user": ["alice"]}]},
+        "pi1: nextcloud_storages: storage `Photos`: unknown field `user`. Fix: did you mean `users`?",
+    ),
+    "dump_node_not_dnas": (
+        {"nextcloud_dump_node": "pi4"},
+        "pi1: nextcloud_dump_node: the database dumps: node `pi4` is not a dnas node",
+    ),
+    "dump_path_not_exported": (
+        {"nextcloud_dump_path": "backups/nextcloud-db"},
+        "pi1: nextcloud_dump_node: the database dumps: no writable NFS export of pi1 holds `backups/nextcloud-db`",
+    ),
+    "no_dump_node": ({"nextcloud_dump_node": None}, "pi1: nextcloud_dump_node: missing while nextcloud_enabled = True"),
+    "no_domain": ({"nextcloud_domain": None}, "pi1: nextcloud_domain: missing while nextcloud_enabled = True"),
+    "example_secret": ({"nextcloud_admin_password": "changeme"}, "pi1: nextcloud_admin_password: secret missing or left at an example value"),
+    "missing_secret": ({"nextcloud_redis_password": None}, "pi1: nextcloud_redis_password: secret missing or left at an example value"),
+    "bad_proxy": ({"nextcloud_trusted_proxies": ["10.42.0.1/16"]}, "pi1: nextcloud_trusted_proxies: `'10.42.0.1/16'` is not a network"),
+    "bad_schedule": ({"nextcloud_dump_schedule": "nightly"}, "pi1: nextcloud_dump_schedule: `nightly` is not a cron schedule"),
+    "longhorn_off": ({"longhorn_enabled": False}, "pi1: nextcloud_storage_class: longhorn, but Longhorn is off on every k3s node"),
+    "bad_storage_class": ({"nextcloud_storage_class": "nfs"}, "nextcloud_storage_class: `'nfs'` is not one of 'longhorn', 'local-path'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NEXTCLOUD_BAD))
+def test_bad_nextcloud_data_is_refused_with_a_clear_message(case):
+    over, message = NEXTCLOUD_BAD[case]
+    errors = errors_of(nextcloud_inventory(**over))
+    assert any(message in e for e in errors), errors
+    assert all("Fix: " in e for e in errors), errors
+
+
+def test_nextcloud_settings_differing_between_servers_are_refused():
+    namespace = set_host(nextcloud_inventory(), "pi2", nextcloud_domain="other.example.org")
+    assert any(e.startswith("pi2: nextcloud_domain: differs from pi1's") for e in errors_of(namespace))
