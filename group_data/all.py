@@ -224,6 +224,23 @@ nextcloud_dump_schedule = "30 2 * * *"
 # How many dumps are kept (the newest).
 nextcloud_dump_retain = 7
 
+# --- Contacts and calendars as files (vdirsyncer; deploys/davsync.py) -------------------------
+# The dnas node running vdirsyncer (one; None: off).
+dav_sync_node = None
+# The DAV server; None: https://<nextcloud_domain>/remote.php/dav/.
+dav_sync_url = None
+# Check the server's TLS certificate (False for Traefik's self-signed default one).
+dav_sync_verify = True
+# Whose contacts and calendars, with an app password (SECRET), into which folder (relative to
+# dnas_path, inside a Syncthing folder):
+# [{"user": "alice", "password": secret("dav_alice"), "folder": "data/dav/alice"}]
+dav_sync_users = []
+# How often vdirsyncer runs (systemd time span).
+dav_sync_interval = "15min"
+# An item changed on both sides since the last run: "server wins" or "files win" (the other
+# version is overwritten).
+dav_sync_conflict = "server wins"
+
 # --- Validation -------------------------------------------------------------------------------
 # pyinfra runs this file after the inventory file and before it connects: check the inventory
 # there, with its --data overrides (homecloud/model.py, check_loading_inventory).

@@ -855,14 +855,68 @@ NEXTCLOUD_BAD = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(NEXTCLOUD_BAD))
-def test_bad_nextcloud_data_is_refused_with_a_clear_message(case):
-    over, message = NEXTCLOUD_BAD[case]
-    errors = errors_of(nextcloud_inventory(**over))
+def test_nextcloud_settings_differing_between_servers_are_refused():
+    namespace = set_host(nextcloud_inventory(), "pi2", nextcloud_domain="other.example.org")
+    assert any(e.startswith("pi2: nextcloud_domain: differs from pi1's") for e in errors_of(namespace))
+
+
+# --- contacts and calendars as files (homecloud/layers/davsync.py) ---------------------------
+
+DAVSYNC = {
+    "dav_sync_node": "pi1",
+    "dav_sync_url": "https://cloud.example.org/remote.php/dav/",
+    "dav_sync_users": [{"user": "alice", "password": "Tq9r-Wm2x-Kp7v-Lz3c", "folder": "data/dav/alice"}],
+}
+
+
+def davsync_inventory(**over):
+    return set_all(good_inventory(), **{**copy.deepcopy(DAVSYNC), **over})
+
+
+def test_good_davsync_inventory_passes():
+    assert errors_of(davsync_inventory()) == []
+
+
+DAVSYNC_BAD = {
+    "node_not_dnas": ({"dav_sync_node": "pi3"}, "pi1: dav_sync_node: `pi3` is not a dnas node"),
+    "folder_outside_syncthing": (
+        {"dav_sync_users": [{"user": "alice", "password": "Tq9r-Wm2x-Kp7v-Lz3c", "folder": "dav/alice"}]},
+        "pi1: dav_sync_users: folder `dav/alice` of `alice` is in no Syncthing folder",
+    ),
+    "example_password": (
+        {"dav_sync_users": [{"user": "alice", "password": "changeme", "folder": "data/dav/alice"}]},
+        "pi1: dav_sync_users: the password of `alice` is missing or an example value",
+    ),
+    "no_url": ({"dav_sync_url": None}, "pi1: dav_sync_url: missing, and there is no nextcloud_domain to derive it from"),
+    "bad_url": ({"dav_sync_url": "cloud.example.org"}, "pi1: dav_sync_url: `'cloud.example.org'` is not an http(s) URL"),
+    "bad_interval": ({"dav_sync_interval": "hourly"}, "pi1: dav_sync_interval: `hourly` is not a time span"),
+    "bad_conflict": ({"dav_sync_conflict": "newest wins"}, "dav_sync_conflict: `'newest wins'` is not one of 'server wins', 'files win'"),
+    "syncthing_off": ({"syncthing_enabled": False}, "pi1: dav_sync_node: Syncthing is off on this node"),
+}
+
+
+SERVICES_BAD = {
+    **{f"nextcloud_{case}": (nextcloud_inventory, *bad) for case, bad in NEXTCLOUD_BAD.items()},
+    **{f"davsync_{case}": (davsync_inventory, *bad) for case, bad in DAVSYNC_BAD.items()},
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVICES_BAD))
+def test_bad_services_data_is_refused_with_a_clear_message(case):
+    inventory, over, message = SERVICES_BAD[case]
+    errors = errors_of(inventory(**over))
     assert any(message in e for e in errors), errors
     assert all("Fix: " in e for e in errors), errors
 
 
-def test_nextcloud_settings_differing_between_servers_are_refused():
-    namespace = set_host(nextcloud_inventory(), "pi2", nextcloud_domain="other.example.org")
-    assert any(e.startswith("pi2: nextcloud_domain: differs from pi1's") for e in errors_of(namespace))
+def test_davsync_config_pairs_files_and_server_per_user():
+    from homecloud.layers import davsync
+
+    config = davsync.LAYER.settings({**DAVSYNC, "dav_sync_verify": False, "dav_sync_conflict": "files win"})
+    text = davsync.render_config(config)
+    assert '[pair alice_contacts]' in text and '[pair alice_calendars]' in text
+    assert 'path = "/srv/dnas/data/dav/alice/contacts/"' in text and 'fileext = ".ics"' in text
+    assert text.count('conflict_resolution = "a wins"') == 2 and text.count("verify = false") == 2
+    assert text.count('password = "Tq9r-Wm2x-Kp7v-Lz3c"') == 2
+    derived = davsync.LAYER.settings({**DAVSYNC, "dav_sync_url": None, "nextcloud_domain": "cloud.example.org"})
+    assert 'url = "https://cloud.example.org/remote.php/dav/"' in davsync.render_config(derived)
