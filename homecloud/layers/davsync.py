@@ -14,12 +14,13 @@ server; an edit to a file reaches the server at the next run.
   "server wins" (vdirsyncer's `b wins`, the default) or "files win" (`a wins`); the losing
   version is overwritten. An item deleted on one side is deleted on the other.
 - Credentials: the app password of each user sits in vdirsyncer's config,
-  /etc/homecloud/vdirsyncer/config, 0600, owned by the dnas owner; never in a process argument.
+  /etc/homecloud-vdirsyncer/config, 0600, owned by the dnas owner; never in a process argument.
   App passwords are made by each user in Nextcloud, not by the secret store: no fingerprint.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from posixpath import join, normpath
 
@@ -32,7 +33,7 @@ from homecloud import services as nc
 from operations import system
 
 DNAS = ("dnas",)
-CONFIG = "/etc/homecloud/vdirsyncer/config"
+CONFIG = "/etc/homecloud-vdirsyncer/config"
 STATUS_DIR = "/var/lib/homecloud-vdirsyncer"
 UNIT = "homecloud-vdirsyncer"
 CONFLICTS = {"server wins": "b wins", "files win": "a wins"}
@@ -217,7 +218,9 @@ def davsync(settings: DavsyncSettings, present: bool) -> None:
             folders.append(normpath(join(settings.dnas_path, *parts[:depth])))
         folders += [normpath(join(settings.dnas_path, entry["folder"], kind)) for kind in ("contacts", "calendars")]
     folders = list(dict.fromkeys(folders))
-    files.directory(name=f"vdirsyncer status {STATUS_DIR} owned by {user}", path=STATUS_DIR, user=user, group=user, mode="700")
+    # /etc/homecloud is root's only (fingerprints): vdirsyncer's config has a folder of its own.
+    for path in (posixpath.dirname(CONFIG), STATUS_DIR):
+        files.directory(name=f"vdirsyncer folder {path} (0700, {user})", path=path, user=user, group=user, mode="700")
     for path in folders:
         files.directory(name=f"vdirsyncer folder {path} owned by {user}", path=path, user=user, group=user)
     system.text_file(name=f"vdirsyncer config {CONFIG} (0600, app passwords)", path=CONFIG, text=render_config(settings), mode="600", user=user, group=user, secret=True)
