@@ -194,7 +194,7 @@ def _deployment_patch(s: NextcloudSettings) -> dict:
     volumes = [{"name": _volume_name(st.mount), "nfs": {"server": st.server, "path": st.path}} for st in s.storages]
     probe = _probe_host(s.domain)
     app: dict[str, Any] = {"name": "nextcloud", "env": _env(app_env), "startupProbe": probe, "readinessProbe": probe, "livenessProbe": probe}
-    cron: dict[str, Any] = {"name": "cron"}
+    cron: dict[str, Any] = {"name": "cron", "env": _env({"OVERWRITECLIURL": app_env["OVERWRITECLIURL"]})}
     if mounts:
         app["volumeMounts"] = mounts
         cron["volumeMounts"] = mounts  # background jobs scan the external storages too

@@ -288,6 +288,10 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
     assert env["MYSQL_HOST"] == "mariadb" and env["REDIS_HOST"] == "redis", "the module's values survive the patch"
     assert nextcloud["readinessProbe"]["httpGet"]["httpHeaders"] == [{"name": "Host", "value": s.domain}]
     assert {c["name"] for c in app["containers"]} == {"nextcloud", "cron"}
+    [cron] = [c for c in app["containers"] if c["name"] == "cron"]
+    cron_env = {e["name"]: e.get("value", e.get("valueFrom")) for e in cron["env"]}
+    assert cron_env["OVERWRITECLIURL"] == f"https://{s.domain}" and cron_env["REDIS_HOST"] == "redis"
+    assert cron["command"] == ["/cron.sh"] and cron["image"] == nextcloud["image"]
     mounts = {m["mountPath"]: m["name"] for m in nextcloud["volumeMounts"]}
     assert {"/docker-entrypoint-hooks.d/post-installation", "/docker-entrypoint-hooks.d/before-starting", "/var/www/html"} <= set(mounts)
     volumes = {v["name"]: v for v in app["volumes"]}

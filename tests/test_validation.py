@@ -920,3 +920,14 @@ def test_davsync_config_pairs_files_and_server_per_user():
     assert text.count('password = "Tq9r-Wm2x-Kp7v-Lz3c"') == 2
     derived = davsync.LAYER.settings({**DAVSYNC, "dav_sync_url": None, "nextcloud_domain": "cloud.example.org"})
     assert 'url = "https://cloud.example.org/remote.php/dav/"' in davsync.render_config(derived)
+
+
+def test_nextcloud_folders_each_dnas_node_holds():
+    from homecloud.layers import services
+
+    config = services.LAYER.settings({**NEXTCLOUD, "nextcloud_dump_path": "data/backups/nextcloud-db"})
+    assert services._folders_on(config, "pi1", "/srv/dnas") == (
+        ["/srv/dnas/data", "/srv/dnas/data/photos", "/srv/dnas/data/backups"],
+        "/srv/dnas/data/backups/nextcloud-db",
+    )
+    assert services._folders_on(config, "pi2", "/data") == (["/data/data", "/data/data/family"], None)

@@ -32,6 +32,8 @@ from homecloud.schema import Cluster, Entries, Key, Kind, Layer, Section, check_
 from homecloud import services as nc
 from operations import system
 
+from .common import folder_levels
+
 DNAS = ("dnas",)
 CONFIG = "/etc/homecloud-vdirsyncer/config"
 STATUS_DIR = "/var/lib/homecloud-vdirsyncer"
@@ -213,9 +215,7 @@ def davsync(settings: DavsyncSettings, present: bool) -> None:
     folders: list[str] = []
     for entry in settings.dav_sync_users:
         # Every level below dnas_path is the dnas owner's (Syncthing writes there as that user).
-        parts = normpath(entry["folder"]).split("/")
-        for depth in range(1, len(parts) + 1):
-            folders.append(normpath(join(settings.dnas_path, *parts[:depth])))
+        folders += folder_levels(settings.dnas_path, entry["folder"])
         folders += [normpath(join(settings.dnas_path, entry["folder"], kind)) for kind in ("contacts", "calendars")]
     folders = list(dict.fromkeys(folders))
     # /etc/homecloud is root's only (fingerprints): vdirsyncer's config has a folder of its own.

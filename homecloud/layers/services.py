@@ -20,11 +20,14 @@ import weakref
 from posixpath import join, normpath
 
 from pyinfra.api import HiddenValue, deploy
+from pyinfra.operations import files
 
 from homecloud import services as nc
 from homecloud.cluster import address, group_hosts
 from homecloud.schema import GROUPS, Cluster, Entries, Key, Kind, Layer, Section, check_entries, check_relative, count, did_you_mean, flag, is_ip, is_secret_bad, node_ip
 from operations import platform as platform_ops, secrets as secrets_ops
+
+from .common import folder_levels, owned_folders
 
 STORAGES = Entries(
     "storage",
@@ -261,14 +264,45 @@ def services(settings: ServicesSettings, manifest: str | None, salt: str) -> Non
     )
 
 
+@deploy("services")
+def nextcloud_folders(folders: list[str], dump_folder: str | None, user: str) -> None:
+    """
+    On a dnas node: the folders Nextcloud mounts over NFS (`folders`, every level below
+    dnas_path) and the dump folder (0700), owned by the dnas owner. An NFS volume of a folder
+    that does not exist would keep the pod from starting.
+    """
+    owned_folders("Nextcloud folder", folders, user)
+    if dump_folder:
+        files.directory(name=f"Nextcloud dump folder {dump_folder} (0700, {user})", path=dump_folder, user=user, group=user, mode="700")
+
+
+def _folders_on(config: ServicesSettings, node: str, dnas_path: str) -> tuple[list[str], str | None]:
+    """(storage folders with their levels, the dump folder) that `node` holds for Nextcloud."""
+    folders: list[str] = []
+    for entry in config.nextcloud_storages:
+        if entry["node"] == node:
+            folders += folder_levels(dnas_path, entry["path"])
+    dump = None
+    if config.nextcloud_dump_node == node:
+        levels = folder_levels(dnas_path, config.nextcloud_dump_path)
+        folders += levels[:-1]
+        dump = levels[-1]
+    return list(dict.fromkeys(folders)), dump
+
+
 _BUILT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def apply(state, host) -> None:
-    """The layer on `host` when it is a k3s server; the manifest is built once per run."""
+    """Nextcloud's dnas folders on the dnas nodes; its manifest on the k3s servers (built once per run)."""
     from homecloud.fingerprints import salt_for
 
-    if host not in group_hosts(state, "k3s_servers"):
+    servers = group_hosts(state, "k3s_servers")
+    if "dnas" in host.groups and servers and settings(servers[0]).nextcloud_enabled:
+        folders, dump = _folders_on(settings(servers[0]), host.name, host.data.get("dnas_path", "/srv/dnas"))
+        if folders or dump:
+            nextcloud_folders(folders, dump, user=host.data.get("dnas_user", "dnas"))
+    if host not in servers:
         return
     config = settings(host)
     manifest = None

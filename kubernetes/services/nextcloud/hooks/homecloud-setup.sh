@@ -5,6 +5,7 @@
 #  - apps: Calendar and Contacts (from the app store; a store out of reach is a warning, the
 #    next start tries again), External storage support;
 #  - background jobs by cron (the pod's cron sidecar runs cron.php every 5 minutes);
+#  - trusted_domains as NEXTCLOUD_TRUSTED_DOMAINS says (the data model's domain and extras);
 #  - the dnas folders of storages.tsv as "Local" external storages at /mnt/dnas/<mount>,
 #    each for its users and groups, checking for changes on every direct access (files changed
 #    by Syncthing, Samba or NFS show up).
@@ -25,6 +26,18 @@ for app in calendar contacts; do
 done
 occ app:enable files_external
 occ background:cron
+
+# trusted_domains from the data model (the image applies NEXTCLOUD_TRUSTED_DOMAINS only when it
+# installs): index 0, 1, ... in order, extra old entries removed.
+i=0
+for domain in $NEXTCLOUD_TRUSTED_DOMAINS; do
+    occ config:system:set trusted_domains "$i" --value="$domain" >/dev/null
+    i=$((i + 1))
+done
+while occ config:system:get trusted_domains "$i" >/dev/null 2>&1; do
+    occ config:system:delete trusted_domains "$i" >/dev/null
+    i=$((i + 1))
+done
 
 mount_id() {
     occ files_external:list --output=json | php -r '
