@@ -453,3 +453,30 @@ def test_the_layer_builds_the_manifest_from_inventory_data(kubectl, kv, jsonsche
     assert base64.b64decode(secret["data"]["admin-password"]).decode() == NEXTCLOUD["nextcloud_admin_password"]
     # The same inventory builds the same bytes: the second deploy changes nothing.
     assert layer.build_manifest(wanted, layer.secrets_of(config)) == text
+
+
+def test_the_shell_scripts_in_the_manifests_parse(tmp_path, kubectl):
+    """The hook script, Redis's start and the dump job are shell: each parses (sh -n / bash -n)."""
+    import subprocess
+
+    _, folder = write(tmp_path, "two-storages")
+    objects = build(kubectl, folder)
+    scripts = []
+    [hooks] = [o for o in objects if o["kind"] == "ConfigMap"]
+    scripts.append(("sh", hooks["data"]["homecloud-setup.sh"]))
+    for obj in objects:
+        template = _template(obj)
+        for c in (template or {}).get("spec", {}).get("containers", []):
+            command = c.get("command") or []
+            if len(command) == 3 and command[0] in ("sh", "bash") and command[1] == "-c":
+                scripts.append((command[0], command[2]))
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                exec_ = (c.get(probe) or {}).get("exec", {}).get("command") or []
+                if exec_[:2] == ["sh", "-c"]:
+                    scripts.append(("sh", exec_[2]))
+    assert len(scripts) >= 6
+    for shell, text in scripts:
+        done = subprocess.run([shell, "-n"], input=text, capture_output=True, text=True)
+        assert done.returncode == 0, (text, done.stderr)
+    broken = subprocess.run(["sh", "-n"], input="if true; then echo x\n", capture_output=True, text=True)
+    assert broken.returncode != 0, "sh -n catches a broken script"
