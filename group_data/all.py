@@ -201,8 +201,9 @@ nextcloud_db_root_password = None
 # SECRET: Redis.
 nextcloud_redis_password = None
 # Volumes of Nextcloud (program, config, its own data) and MariaDB: "longhorn" (replicated) or
-# "local-path" (one node's disk; the pods stay on that node).
-nextcloud_storage_class = "longhorn"
+# "local-path" (one node's disk; the pods stay on that node). None: longhorn when a k3s node has
+# longhorn_enabled, else local-path.
+nextcloud_storage_class = None
 # Size (GiB) of Nextcloud's volume: program, config and the files not on the dnas.
 nextcloud_size_gi = 20
 # Size (GiB) of MariaDB's volume.

@@ -850,7 +850,7 @@ NEXTCLOUD_BAD = {
     "missing_secret": ({"nextcloud_redis_password": None}, "pi1: nextcloud_redis_password: secret missing or left at an example value"),
     "bad_proxy": ({"nextcloud_trusted_proxies": ["10.42.0.1/16"]}, "pi1: nextcloud_trusted_proxies: `'10.42.0.1/16'` is not a network"),
     "bad_schedule": ({"nextcloud_dump_schedule": "nightly"}, "pi1: nextcloud_dump_schedule: `nightly` is not a cron schedule"),
-    "longhorn_off": ({"longhorn_enabled": False}, "pi1: nextcloud_storage_class: longhorn, but Longhorn is off on every k3s node"),
+    "longhorn_off": ({"longhorn_enabled": False, "nextcloud_storage_class": "longhorn"}, "pi1: nextcloud_storage_class: longhorn, but Longhorn is off on every k3s node"),
     "bad_storage_class": ({"nextcloud_storage_class": "nfs"}, "nextcloud_storage_class: `'nfs'` is not one of 'longhorn', 'local-path'"),
 }
 
@@ -920,6 +920,18 @@ def test_davsync_config_pairs_files_and_server_per_user():
     assert text.count('password = "Tq9r-Wm2x-Kp7v-Lz3c"') == 2
     derived = davsync.LAYER.settings({**DAVSYNC, "dav_sync_url": None, "nextcloud_domain": "cloud.example.org"})
     assert 'url = "https://cloud.example.org/remote.php/dav/"' in davsync.render_config(derived)
+
+
+def test_nextcloud_storage_class_follows_longhorn_unless_given():
+    from homecloud.layers import services
+
+    assert errors_of(nextcloud_inventory(longhorn_enabled=False)) == []
+    nodes = {"pi1": ("192.168.1.11", "/srv/dnas"), "pi2": ("192.168.1.12", "/srv/dnas")}
+    config = services.LAYER.settings(NEXTCLOUD)
+    assert services.nextcloud_settings(config, nodes, longhorn=True).storage_class == "longhorn"
+    assert services.nextcloud_settings(config, nodes, longhorn=False).storage_class == "local-path"
+    given = services.LAYER.settings({**NEXTCLOUD, "nextcloud_storage_class": "local-path"})
+    assert services.nextcloud_settings(given, nodes, longhorn=True).storage_class == "local-path"
 
 
 def test_nextcloud_folders_each_dnas_node_holds():

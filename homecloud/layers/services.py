@@ -159,9 +159,9 @@ LAYER = Layer(
         Key("nextcloud_redis_password", Kind(optional=True), None, "SECRET: Redis.", GROUPS),
         Key(
             "nextcloud_storage_class",
-            Kind(choices=nc.STORAGE_CLASSES),
-            "longhorn",
-            'Volumes of Nextcloud (program, config, its own data) and MariaDB: "longhorn" (replicated) or\n"local-path" (one node\'s disk; the pods stay on that node).',
+            Kind(choices=nc.STORAGE_CLASSES, optional=True),
+            None,
+            'Volumes of Nextcloud (program, config, its own data) and MariaDB: "longhorn" (replicated) or\n"local-path" (one node\'s disk; the pods stay on that node). None: longhorn when a k3s node has\nlonghorn_enabled, else local-path.',
             GROUPS,
         ),
         Key("nextcloud_size_gi", count(1, 100000), 20, "Size (GiB) of Nextcloud's volume: program, config and the files not on the dnas.", GROUPS),
@@ -201,8 +201,11 @@ def settings(host) -> ServicesSettings:
     return LAYER.settings(host)
 
 
-def nextcloud_settings(config: ServicesSettings, dnas_nodes: dict[str, tuple[str, str]]) -> nc.NextcloudSettings:
-    """The overlay's settings: `dnas_nodes` maps each dnas node to (its address, its dnas_path)."""
+def nextcloud_settings(config: ServicesSettings, dnas_nodes: dict[str, tuple[str, str]], longhorn: bool = True) -> nc.NextcloudSettings:
+    """
+    The overlay's settings: `dnas_nodes` maps each dnas node to (its address, its dnas_path);
+    `longhorn`: some k3s node runs Longhorn (the storage class when none is given).
+    """
 
     def where(node: str, path: str) -> tuple[str, str]:
         server, dnas_path = dnas_nodes[node]
@@ -218,7 +221,7 @@ def nextcloud_settings(config: ServicesSettings, dnas_nodes: dict[str, tuple[str
         extra_domains=tuple(config.nextcloud_extra_domains),
         trusted_proxies=tuple(config.nextcloud_trusted_proxies),
         admin_user=config.nextcloud_admin_user,
-        storage_class=config.nextcloud_storage_class,
+        storage_class=config.nextcloud_storage_class or ("longhorn" if longhorn else "local-path"),
         html_size_gi=config.nextcloud_size_gi,
         db_size_gi=config.nextcloud_db_size_gi,
         upload_limit_mb=config.nextcloud_upload_limit_mb,
@@ -308,7 +311,8 @@ def apply(state, host) -> None:
     manifest = None
     if config.nextcloud_enabled:
         dnas_nodes = {h.name: (address(h), h.data.get("dnas_path", "/srv/dnas")) for h in group_hosts(state, "dnas")}
-        wanted = nextcloud_settings(config, dnas_nodes)
+        k3s_nodes = servers + group_hosts(state, "k3s_agents")
+        wanted = nextcloud_settings(config, dnas_nodes, longhorn=any(h.data.get("longhorn_enabled", True) for h in k3s_nodes))
         cached = _BUILT.get(state)
         if cached is None or cached[0] != (wanted, secrets_of(config)):
             cached = _BUILT[state] = ((wanted, secrets_of(config)), build_manifest(wanted, secrets_of(config)))

@@ -38,7 +38,6 @@ _store = "lab-" + core.instance_name()
 _extra = {{
     "nextcloud_enabled": True,
     "nextcloud_domain": "cloud.lab.example",
-    "nextcloud_storage_class": "local-path",
     "nextcloud_storages": [{{"mount": "Photos", "node": _lab["dnas"][0], "path": "data/photos", "groups": ["family"]}}],
     "nextcloud_dump_node": _lab["dnas"][0],
     "nextcloud_dump_path": "data/backups/nextcloud-db",
@@ -82,7 +81,11 @@ def test_the_manifest_is_on_every_server_0600_and_the_same_as_a_build_here(nextc
     server_data = next(h["data"] for h in hosts if "k3s_servers" in h["groups"])
     config = services.LAYER.settings(server_data)
     dnas_nodes = {h["name"]: (h["data"]["node_ip"], h["data"].get("dnas_path", "/srv/dnas")) for h in hosts if "dnas" in h["groups"]}
-    expected = services.build_manifest(services.nextcloud_settings(config, dnas_nodes), services.secrets_of(config))
+    longhorn = any(h["data"].get("longhorn_enabled", True) for h in hosts if {"k3s_servers", "k3s_agents"} & set(h["groups"]))
+    assert not longhorn, "the lab has Longhorn off: Nextcloud's volumes are local-path"
+    wanted = services.nextcloud_settings(config, dnas_nodes, longhorn=longhorn)
+    assert wanted.storage_class == "local-path"
+    expected = services.build_manifest(wanted, services.secrets_of(config))
     servers = testinfra_hosts("k3s_servers")
     assert servers
     for server in servers:
