@@ -7,7 +7,7 @@
 #  - background jobs by cron (the pod's cron sidecar runs cron.php every 5 minutes);
 #  - trusted_domains as NEXTCLOUD_TRUSTED_DOMAINS says (the data model's domain and extras);
 #  - the dnas folders of storages.tsv as "Local" external storages at /mnt/dnas/<mount>,
-#    each for its users and groups, checking for changes on every direct access (files changed
+#    each for its users and groups (groups are created; users are yours to create), checking for changes on every direct access (files changed
 #    by Syncthing, Samba or NFS show up).
 set -eu
 HERE=$(dirname "$0")
@@ -63,6 +63,10 @@ grep -v '^#' "$HERE/storages.tsv" | while IFS="$(printf '\t')" read -r mount pat
     occ files_external:option "$id" enable_sharing true
     occ files_external:applicable "$id" --remove-all >/dev/null
     for user in $(echo "$users" | tr ',' ' '); do occ files_external:applicable "$id" --add-user "$user" >/dev/null || echo "homecloud: WARNING: user $user does not exist yet (create it; the next start adds it to /$mount)"; done
-    for group in $(echo "$groups" | tr ',' ' '); do occ files_external:applicable "$id" --add-group "$group" >/dev/null || echo "homecloud: WARNING: group $group does not exist yet"; done
+    for group in $(echo "$groups" | tr ',' ' '); do
+        # The data model names the group: it exists (group:add fails when it already does).
+        occ group:add "$group" >/dev/null 2>&1 || true
+        occ files_external:applicable "$id" --add-group "$group" >/dev/null
+    done
     echo "homecloud: external storage /$mount -> $path (users: ${users:-none}; groups: ${groups:-none})"
 done
