@@ -46,7 +46,7 @@ from homecloud.secrets import secret
 from lab import core
 
 _lab = runpy.run_path({lab!r})
-_store = "lab-" + core.instance_name()
+_store = "lab-" + core.instance_name() + "-services"  # test-only secrets: not the lab store tests/lab/test_secrets.py compares
 _extra = {{
     "dav_sync_node": _lab["dnas"][0],
     "dav_sync_url": "http://127.0.0.1:5232/",

@@ -34,7 +34,7 @@ from homecloud.secrets import secret
 from lab import core
 
 _lab = runpy.run_path({lab!r})
-_store = "lab-" + core.instance_name()
+_store = "lab-" + core.instance_name() + "-services"  # test-only secrets: not the lab store tests/lab/test_secrets.py compares
 _extra = {{
     "nextcloud_enabled": True,
     "nextcloud_domain": "cloud.lab.example",
