@@ -249,6 +249,66 @@ platform_alert_webhook_url = None
 # Seconds to wait for the add-ons' install jobs and workloads.
 platform_ready_timeout = 900
 
+# --- Services: Nextcloud on k3s (deploys/services.py) -----------------------------------------
+# Nextcloud (files, WebDAV, CalDAV, CardDAV, sharing) on the cluster.
+nextcloud_enabled = False
+# The name users reach it at (https://<domain>/); your DNS points it at the VIP.
+nextcloud_domain = None
+# More trusted names or addresses (e.g. the VIP) it answers to.
+nextcloud_extra_domains = []
+# Where Traefik's requests come from (k3s's pod network): Nextcloud trusts their X-Forwarded-* headers.
+nextcloud_trusted_proxies = ["10.42.0.0/16"]
+nextcloud_admin_user = "admin"
+# SECRET: the first login's password (secret('nextcloud_admin_password')).
+nextcloud_admin_password = None
+# SECRET: MariaDB's nextcloud user.
+nextcloud_db_password = None
+# SECRET: MariaDB's root.
+nextcloud_db_root_password = None
+# SECRET: Redis.
+nextcloud_redis_password = None
+# Volumes of Nextcloud (program, config, its own data) and MariaDB: "longhorn" (replicated) or
+# "local-path" (one node's disk; the pods stay on that node). None: longhorn when a k3s node has
+# longhorn_enabled, else local-path.
+nextcloud_storage_class = None
+# Size (GiB) of Nextcloud's volume: program, config and the files not on the dnas.
+nextcloud_size_gi = 20
+# Size (GiB) of MariaDB's volume.
+nextcloud_db_size_gi = 5
+# Largest upload (MiB) PHP and Apache accept.
+nextcloud_upload_limit_mb = 10240
+# dnas folders offered in Nextcloud as external storage (checked for changes on every access):
+# mount (the folder users see), node (a dnas node), path (relative to its dnas_path, inside one of
+# its writable nfs_exports open to every k3s node), users and/or groups who get it.
+# [{"mount": "Photos", "node": "pi1", "path": "data/photos", "users": ["alice"], "groups": []}]
+nextcloud_storages = []
+# The dnas node receiving the nightly database dumps (over NFS).
+nextcloud_dump_node = None
+# Folder of the dumps, relative to that node's dnas_path, inside one of its writable nfs_exports:
+# nextcloud-<UTC time>.sql.gz, 0600, owned by the dnas owner. The backup layer collects it.
+nextcloud_dump_path = "backups/nextcloud-db"
+# When the dump runs (cron, the cluster's time zone: UTC unless changed).
+nextcloud_dump_schedule = "30 2 * * *"
+# How many dumps are kept (the newest).
+nextcloud_dump_retain = 7
+
+# --- Contacts and calendars as files (vdirsyncer; deploys/davsync.py) -------------------------
+# The dnas node running vdirsyncer (one; None: off).
+dav_sync_node = None
+# The DAV server; None: https://<nextcloud_domain>/remote.php/dav/.
+dav_sync_url = None
+# Check the server's TLS certificate (False for Traefik's self-signed default one).
+dav_sync_verify = True
+# Whose contacts and calendars, with an app password (SECRET), into which folder (relative to
+# dnas_path, inside a Syncthing folder):
+# [{"user": "alice", "password": secret("dav_alice"), "folder": "data/dav/alice"}]
+dav_sync_users = []
+# How often vdirsyncer runs (systemd time span).
+dav_sync_interval = "15min"
+# An item changed on both sides since the last run: "server wins" or "files win" (the other
+# version is overwritten).
+dav_sync_conflict = "server wins"
+
 # --- Validation -------------------------------------------------------------------------------
 # pyinfra runs this file after the inventory file and before it connects: check the inventory
 # there, with its --data overrides (homecloud/model.py, check_loading_inventory).

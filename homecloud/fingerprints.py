@@ -63,6 +63,11 @@ def node_secrets(data: Any, groups) -> dict[str, str]:
                     found[f"samba_users.{user}"] = str(password)
         if get("syncthing_enabled", True) and get("syncthing_gui_password"):
             found["syncthing_gui_password"] = str(get("syncthing_gui_password"))
+    # homecloud/layers/services.py: Nextcloud's secrets, in the manifest on every k3s server.
+    if "k3s_servers" in groups and get("nextcloud_enabled"):
+        for key in ("nextcloud_admin_password", "nextcloud_db_password", "nextcloud_db_root_password", "nextcloud_redis_password"):
+            if get(key):
+                found[key] = str(get(key))
     return found
 
 

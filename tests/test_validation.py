@@ -839,3 +839,179 @@ def test_a_key_given_to_a_group_that_does_not_read_it(tmp_path):
     (tmp_path / "group_data" / "k3s_agents.py").unlink()
     (tmp_path / "group_data" / "k3s_servers.py").write_text("dnas_path = '/srv/nas'\n")
     assert hosts_from_inventory_namespace(good_inventory(), str(tmp_path / "home.py"))[1] == []
+
+
+# --- Nextcloud (homecloud/layers/services.py) -------------------------------------------------
+
+NEXTCLOUD = {
+    "nextcloud_enabled": True,
+    "nextcloud_domain": "cloud.example.org",
+    "nextcloud_admin_password": "Xq7-admin-Vn2kLr9",
+    "nextcloud_db_password": "Xq7-db-Vn2kLr9pw",
+    "nextcloud_db_root_password": "Xq7-root-Vn2kLr9",
+    "nextcloud_redis_password": "Xq7-redis-Vn2kLr",
+    "nextcloud_storages": [
+        {"mount": "Photos", "node": "pi1", "path": "data/photos", "users": ["alice"]},
+        {"mount": "Family", "node": "pi2", "path": "data/family", "groups": ["family"]},
+    ],
+    "nextcloud_dump_node": "pi1",
+    "nextcloud_dump_path": "data/backups/nextcloud-db",
+}
+
+
+def nextcloud_inventory(**over):
+    return set_all(good_inventory(), **{**copy.deepcopy(NEXTCLOUD), **over})
+
+
+def test_good_nextcloud_inventory_passes():
+    assert errors_of(nextcloud_inventory()) == []
+
+
+NEXTCLOUD_BAD = {
+    "unknown_node": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "storage-box", "path": "data/photos", "users": ["alice"]}]},
+        "pi1: nextcloud_storages: storage `Photos`: node `storage-box` is not a dnas node. Fix: name one of the dnas nodes (pi1, pi2)",
+    ),
+    "misspelt_node": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi22", "path": "data/photos", "users": ["alice"]}]},
+        "pi1: nextcloud_storages: storage `Photos`: node `pi22` is not a dnas node. Fix: did you mean `pi2`?",
+    ),
+    "no_export_holds_it": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "photos", "users": ["alice"]}]},
+        "pi1: nextcloud_storages: storage `Photos`: no writable NFS export of pi1 holds `photos`",
+    ),
+    "read_only_export": (
+        {"nfs_exports": [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": True}]},
+        "pi1: nextcloud_storages: storage `Photos`: no writable NFS export of pi1 holds `data/photos`",
+    ),
+    "export_closed_to_a_k3s_node": (
+        {"nfs_exports": [{"path": "data", "networks": ["192.168.1.11/32", "192.168.1.12/32", "192.168.1.13/32"], "read_only": False}]},
+        "pi1: nextcloud_storages: storage `Photos`: the export `data` of pi1 does not let k3s node pi4 (192.168.1.14) in",
+    ),
+    "nfs_off": (
+        {"nfs_enabled": False},
+        "pi1: nextcloud_storages: storage `Photos`: pi1 does not serve NFS (nfs_enabled = False)",
+    ),
+    "escaping_path": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "../etc", "users": ["alice"]}]},
+        "pi1: nextcloud_storages: path `'../etc'` must be relative to dnas_path and stay inside it",
+    ),
+    "nobody_gets_it": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "data/photos"}]},
+        "pi1: nextcloud_storages: storage `Photos` names no users and no groups",
+    ),
+    "mount_twice": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "data/a", "users": ["a"]}, {"mount": "photos", "node": "pi2", "path": "data/b", "users": ["b"]}]},
+        "pi1: nextcloud_storages: mount `photos` is given twice",
+    ),
+    "typo_in_entry": (
+        {"nextcloud_storages": [{"mount": "Photos", "node": "pi1", "path": "data/photos", "user": ["alice"]}]},
+        "pi1: nextcloud_storages: storage `Photos`: unknown field `user`. Fix: did you mean `users`?",
+    ),
+    "dump_node_not_dnas": (
+        {"nextcloud_dump_node": "pi4"},
+        "pi1: nextcloud_dump_node: the database dumps: node `pi4` is not a dnas node",
+    ),
+    "dump_path_not_exported": (
+        {"nextcloud_dump_path": "backups/nextcloud-db"},
+        "pi1: nextcloud_dump_node: the database dumps: no writable NFS export of pi1 holds `backups/nextcloud-db`",
+    ),
+    "no_dump_node": ({"nextcloud_dump_node": None}, "pi1: nextcloud_dump_node: missing while nextcloud_enabled = True"),
+    "no_domain": ({"nextcloud_domain": None}, "pi1: nextcloud_domain: missing while nextcloud_enabled = True"),
+    "example_secret": ({"nextcloud_admin_password": "changeme"}, "pi1: nextcloud_admin_password: secret missing or left at an example value"),
+    "missing_secret": ({"nextcloud_redis_password": None}, "pi1: nextcloud_redis_password: secret missing or left at an example value"),
+    "bad_proxy": ({"nextcloud_trusted_proxies": ["10.42.0.1/16"]}, "pi1: nextcloud_trusted_proxies: `'10.42.0.1/16'` is not a network"),
+    "bad_schedule": ({"nextcloud_dump_schedule": "nightly"}, "pi1: nextcloud_dump_schedule: `nightly` is not a cron schedule"),
+    "longhorn_off": ({"longhorn_enabled": False, "nextcloud_storage_class": "longhorn"}, "pi1: nextcloud_storage_class: longhorn, but Longhorn is off on every k3s node"),
+    "bad_storage_class": ({"nextcloud_storage_class": "nfs"}, "nextcloud_storage_class: `'nfs'` is not one of 'longhorn', 'local-path'"),
+}
+
+
+def test_nextcloud_settings_differing_between_servers_are_refused():
+    namespace = set_host(nextcloud_inventory(), "pi2", nextcloud_domain="other.example.org")
+    assert any(e.startswith("pi2: nextcloud_domain: differs from pi1's") for e in errors_of(namespace))
+
+
+# --- contacts and calendars as files (homecloud/layers/davsync.py) ---------------------------
+
+DAVSYNC = {
+    "dav_sync_node": "pi1",
+    "dav_sync_url": "https://cloud.example.org/remote.php/dav/",
+    "dav_sync_users": [{"user": "alice", "password": "Tq9r-Wm2x-Kp7v-Lz3c", "folder": "data/dav/alice"}],
+}
+
+
+def davsync_inventory(**over):
+    return set_all(good_inventory(), **{**copy.deepcopy(DAVSYNC), **over})
+
+
+def test_good_davsync_inventory_passes():
+    assert errors_of(davsync_inventory()) == []
+
+
+DAVSYNC_BAD = {
+    "node_not_dnas": ({"dav_sync_node": "pi3"}, "pi1: dav_sync_node: `pi3` is not a dnas node"),
+    "folder_outside_syncthing": (
+        {"dav_sync_users": [{"user": "alice", "password": "Tq9r-Wm2x-Kp7v-Lz3c", "folder": "dav/alice"}]},
+        "pi1: dav_sync_users: folder `dav/alice` of `alice` is in no Syncthing folder",
+    ),
+    "example_password": (
+        {"dav_sync_users": [{"user": "alice", "password": "changeme", "folder": "data/dav/alice"}]},
+        "pi1: dav_sync_users: the password of `alice` is missing or an example value",
+    ),
+    "no_url": ({"dav_sync_url": None}, "pi1: dav_sync_url: missing, and there is no nextcloud_domain to derive it from"),
+    "bad_url": ({"dav_sync_url": "cloud.example.org"}, "pi1: dav_sync_url: `'cloud.example.org'` is not an http(s) URL"),
+    "bad_interval": ({"dav_sync_interval": "hourly"}, "pi1: dav_sync_interval: `hourly` is not a time span"),
+    "bad_conflict": ({"dav_sync_conflict": "newest wins"}, "dav_sync_conflict: `'newest wins'` is not one of 'server wins', 'files win'"),
+    "syncthing_off": ({"syncthing_enabled": False}, "pi1: dav_sync_node: Syncthing is off on this node"),
+}
+
+
+SERVICES_BAD = {
+    **{f"nextcloud_{case}": (nextcloud_inventory, *bad) for case, bad in NEXTCLOUD_BAD.items()},
+    **{f"davsync_{case}": (davsync_inventory, *bad) for case, bad in DAVSYNC_BAD.items()},
+}
+
+
+@pytest.mark.parametrize("case", sorted(SERVICES_BAD))
+def test_bad_services_data_is_refused_with_a_clear_message(case):
+    inventory, over, message = SERVICES_BAD[case]
+    errors = errors_of(inventory(**over))
+    assert any(message in e for e in errors), errors
+    assert all("Fix: " in e for e in errors), errors
+
+
+def test_davsync_config_pairs_files_and_server_per_user():
+    from homecloud.layers import davsync
+
+    config = davsync.LAYER.settings({**DAVSYNC, "dav_sync_verify": False, "dav_sync_conflict": "files win"})
+    text = davsync.render_config(config)
+    assert '[pair alice_contacts]' in text and '[pair alice_calendars]' in text
+    assert 'path = "/srv/dnas/data/dav/alice/contacts/"' in text and 'fileext = ".ics"' in text
+    assert text.count('conflict_resolution = "a wins"') == 2 and text.count("verify = false") == 2
+    assert text.count('password = "Tq9r-Wm2x-Kp7v-Lz3c"') == 2
+    derived = davsync.LAYER.settings({**DAVSYNC, "dav_sync_url": None, "nextcloud_domain": "cloud.example.org"})
+    assert 'url = "https://cloud.example.org/remote.php/dav/"' in davsync.render_config(derived)
+
+
+def test_nextcloud_storage_class_follows_longhorn_unless_given():
+    from homecloud.layers import services
+
+    assert errors_of(nextcloud_inventory(longhorn_enabled=False)) == []
+    nodes = {"pi1": ("192.168.1.11", "/srv/dnas"), "pi2": ("192.168.1.12", "/srv/dnas")}
+    config = services.LAYER.settings(NEXTCLOUD)
+    assert services.nextcloud_settings(config, nodes, longhorn=True).storage_class == "longhorn"
+    assert services.nextcloud_settings(config, nodes, longhorn=False).storage_class == "local-path"
+    given = services.LAYER.settings({**NEXTCLOUD, "nextcloud_storage_class": "local-path"})
+    assert services.nextcloud_settings(given, nodes, longhorn=True).storage_class == "local-path"
+
+
+def test_nextcloud_folders_each_dnas_node_holds():
+    from homecloud.layers import services
+
+    config = services.LAYER.settings({**NEXTCLOUD, "nextcloud_dump_path": "data/backups/nextcloud-db"})
+    assert services._folders_on(config, "pi1", "/srv/dnas") == (
+        ["/srv/dnas/data", "/srv/dnas/data/photos", "/srv/dnas/data/backups"],
+        "/srv/dnas/data/backups/nextcloud-db",
+    )
+    assert services._folders_on(config, "pi2", "/data") == (["/data/data", "/data/data/family"], None)

@@ -5,6 +5,8 @@ Steps several layers take, as plain functions of explicit arguments (called insi
 
 from __future__ import annotations
 
+from posixpath import join, normpath
+
 from pyinfra.operations import files
 
 from operations import storage, system
@@ -37,3 +39,9 @@ def owned_folders(what: str, paths: list[str], user: str) -> None:
     """Each folder of `paths` exists, owned by `user` (and its group)."""
     for path in paths:
         files.directory(name=f"{what} {path} owned by {user}", path=path, user=user, group=user)
+
+
+def folder_levels(base: str, relative: str) -> list[str]:
+    """Every folder from base/<first part> down to base/<relative>, so each level can be owned."""
+    parts = normpath(relative).split("/")
+    return [normpath(join(base, *parts[:depth])) for depth in range(1, len(parts) + 1)]
