@@ -171,11 +171,14 @@ nfs_enabled = True
 # "kernel" (nfs-kernel-server; the default on real boards) or "ganesha" (userspace nfs-ganesha,
 # for kernels without nfsd, such as containers).
 nfs_backend = "kernel"
-# Exports: path (relative to dnas_path), networks allowed (CIDR), read_only. Access is squashed
-# to dnas_uid/dnas_gid. NFSv3 and NFSv4.
-nfs_exports = [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}]
-# Fixed port of the NFSv3 helper services, so a firewall can let them through (they pick a
-# random port otherwise): mountd.
+# Exports: path (relative to dnas_path), networks allowed (CIDR; a single host: 192.168.1.20/32),
+# read_only (True when not given), unauthenticated_write (False). NFS has no password: access
+# is squashed to dnas_uid/dnas_gid, whoever asks. The default is read-only to the LAN. A
+# read-write export to a whole subnet of a folder that a Samba share restricts to its users is
+# refused unless the export says "unauthenticated_write": True. NFSv3 and NFSv4.
+nfs_exports = [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": True}]
+# Fixed ports of the NFSv3 helper services, so a firewall can let them through (they pick a
+# random port otherwise; /etc/nfs.conf.d/homecloud.conf, and MNT_Port / NLM_Port for ganesha): mountd.
 nfs_mountd_port = 20048
 # statd (NFSv3 lock recovery).
 nfs_statd_port = 32765

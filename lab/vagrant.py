@@ -391,7 +391,8 @@ def inventory_groups(
         "samba_shares": [
             {"name": "data", "path": "data", "read_only": False, "valid_users": [SAMBA_USER], "guest_ok": False},
         ],
-        "nfs_exports": [{"path": "data", "networks": [topo["subnet"]], "read_only": False}],
+        # NFS has no password: read-write to the host (VirtualBox's host-only address .1) only.
+        "nfs_exports": [{"path": "data", "networks": [f"{next(ipaddress.ip_network(topo['subnet']).hosts())}/32"], "read_only": False}],
         "node_arch": topo["arch"],
     }
     groups: dict[str, list] = {"k3s_servers": [], "k3s_agents": [], "dnas": []}

@@ -33,7 +33,11 @@ CLUSTER = {
     "keepalived_auth_pass": "Vq8kZr2p",
     "samba_users": {"alice": "a-long-random-Passw0rd"},
     "samba_shares": [{"name": "data", "path": "data", "read_only": False, "valid_users": ["alice"], "guest_ok": False}],
-    "nfs_exports": [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}],
+    "nfs_exports": [
+        {"path": "data", "networks": ["192.168.1.0/24"]},
+        {"path": "data/scans", "networks": ["192.168.1.20/32"], "read_only": False},
+        {"path": "public", "networks": ["192.168.1.0/24"], "read_only": False},
+    ],
 }
 
 
@@ -353,6 +357,19 @@ BAD = {
         lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": 1}]),
         "pi1: nfs_exports: export `data`: read_only `1` is not True/False",
     ),
+    "nfs_rw_subnet_of_a_samba_restricted_folder": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.20/32", "192.168.1.0/24"], "read_only": False}]),
+        "pi1: nfs_exports: export `data` lets any host of 192.168.1.0/24 write without a password a folder Samba restricts "
+        "to its users (share `data`). Fix: export it read-only, or read-write to named hosts only",
+    ),
+    "nfs_rw_subnet_inside_a_samba_restricted_folder": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data/scans", "networks": ["192.168.1.0/28"], "read_only": False, "unauthenticated_write": False}]),
+        "pi1: nfs_exports: export `data/scans` lets any host of 192.168.1.0/28 write without a password",
+    ),
+    "nfs_unauthenticated_write_not_a_flag": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False, "unauthenticated_write": "yes"}]),
+        "pi1: nfs_exports: export `data`: unauthenticated_write `'yes'` is not True/False",
+    ),
     "nfs_export_not_a_dict": (
         lambda ns: set_all(ns, nfs_exports=["data"]),
         "pi1: nfs_exports: `'data'` is not an export",
@@ -496,6 +513,16 @@ def test_bad_inventory_is_refused_with_a_clear_message(case):
     # Every message names a host (or hosts), the key, and says how to fix it.
     for error in errors:
         assert ": " in error and "Fix: " in error, error
+
+
+def test_nfs_write_to_a_subnet_passes_with_the_opt_in_or_without_samba_on_the_folder():
+    namespace = set_all(good_inventory(), nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False, "unauthenticated_write": True}])
+    assert errors_of(namespace) == []
+    namespace = set_all(good_inventory(), samba_enabled=False, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}])
+    assert errors_of(namespace) == []
+    guests = [{"name": "data", "path": "data", "read_only": True, "guest_ok": True}]
+    namespace = set_all(good_inventory(), samba_shares=guests, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}])
+    assert errors_of(namespace) == []
 
 
 def test_stable_device_paths_pass():
