@@ -147,10 +147,15 @@ dnas_mount_options = "defaults,noatime"
 syncthing_enabled = True
 # "debian" (the distribution's package) or "syncthing" (Syncthing's own signed apt repository).
 syncthing_source = "debian"
-# GUI / REST API address. Anything but loopback needs syncthing_gui_password (and gets TLS).
+# GUI / REST API address. Anything but loopback gets TLS.
 syncthing_gui_address = "127.0.0.1:8384"
-# SECRET (required when the GUI listens beyond loopback).
+# SECRET, required: the GUI / REST API always asks for user "homecloud" and this password (also
+# on loopback: any local account could use it otherwise). secret("syncthing_gui_password").
 syncthing_gui_password = None
+# False: Syncthing finds and reaches devices on the LAN only (no global discovery, no relays, no
+# UPnP/NAT-PMP port mapping or STUN). True: all of those on, for a phone outside the home.
+# Crash and usage reporting are off either way.
+syncthing_internet = False
 # Folders shared among all dnas nodes: id, label, path (relative to dnas_path).
 syncthing_folders = [{"id": "homecloud-data", "label": "homecloud data", "path": "data"}]
 # Other devices (phones, laptops) by device ID, and the folder ids they get:

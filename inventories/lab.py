@@ -60,6 +60,7 @@ _cluster = {
     # NFS has no password: read-write to the controller (the tests' client) only.
     "nfs_exports": [{"path": "data", "networks": [f"{_state['controller_ip']}/32"], "read_only": False}],
     "syncthing_devices": [],
+    "syncthing_gui_password": secret("syncthing_gui_password", length=24, store=_store),
 }
 
 

@@ -387,6 +387,7 @@ def inventory_groups(
         "k3s_install": "download",  # the VMs reach the internet through Vagrant's NAT
         "longhorn_enabled": True,
         "nfs_backend": "kernel",
+        "syncthing_gui_password": store_secret("syncthing_gui_password", 24),
         "samba_users": {SAMBA_USER: store_secret(f"samba_{SAMBA_USER}", 16)},
         "samba_shares": [
             {"name": "data", "path": "data", "read_only": False, "valid_users": [SAMBA_USER], "guest_ok": False},

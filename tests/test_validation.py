@@ -32,6 +32,7 @@ CLUSTER = {
     "network_prefix": 24,
     "keepalived_auth_pass": "Vq8kZr2p",
     "samba_users": {"alice": "a-long-random-Passw0rd"},
+    "syncthing_gui_password": "another-long-random-Passw0rd",
     "samba_shares": [{"name": "data", "path": "data", "read_only": False, "valid_users": ["alice"], "guest_ok": False}],
     "nfs_exports": [
         {"path": "data", "networks": ["192.168.1.0/24"]},
@@ -232,8 +233,18 @@ BAD = {
         "pi1: syncthing_devices: device id `'NOT-AN-ID'` is not a Syncthing device ID",
     ),
     "syncthing_gui_open_without_password": (
-        lambda ns: set_all(ns, syncthing_gui_address="0.0.0.0:8384"),
-        "pi1: syncthing_gui_password: the GUI listens on 0.0.0.0:8384 but has no real password",
+        lambda ns: set_all(ns, syncthing_gui_address="0.0.0.0:8384", syncthing_gui_password=None),
+        "pi1: syncthing_gui_password: missing or left at an example value: the Syncthing GUI / REST API on 0.0.0.0:8384 needs one",
+    ),
+    "syncthing_gui_loopback_without_password": (
+        lambda ns: set_all(ns, syncthing_gui_password=None),
+        "pi1: syncthing_gui_password: missing or left at an example value: the Syncthing GUI / REST API on 127.0.0.1:8384 "
+        "needs one even on loopback (any local account could read its API key and share the data out). "
+        'Fix: set syncthing_gui_password = secret("syncthing_gui_password")',
+    ),
+    "syncthing_internet_not_a_flag": (
+        lambda ns: set_all(ns, syncthing_internet="yes"),
+        "pi1: syncthing_internet: `'yes'` is not True/False",
     ),
     "vrrp_secret_blank": (
         lambda ns: set_all(ns, keepalived_auth_pass="ab cd#1"),
