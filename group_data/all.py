@@ -170,6 +170,15 @@ samba_workgroup = "WORKGROUP"
 samba_shares = [{"name": "data", "path": "data", "read_only": False, "valid_users": [], "guest_ok": False}]
 # SECRET values: {"alice": "password"}. An empty valid_users list means every user listed here.
 samba_users = {}
+# SMB3 encryption: "desired" (used by every client that can) or "required" (others refused).
+# Signing is always mandatory.
+samba_encrypt = "desired"
+# The oldest SMB dialect served (never SMB1 or SMB 2.0.2); SMB3 for Windows 8 / macOS 10.10 and later only.
+samba_min_protocol = "SMB2_10"
+# Keep Debian's [homes], [printers] and [print$] shares (off: unavailable; printing is off either way).
+samba_default_shares = False
+# NetBIOS (nmbd, port 139) for very old clients; off: SMB over TCP 445 only.
+samba_netbios = False
 
 # --- NFS --------------------------------------------------------------------------------------
 nfs_enabled = True

@@ -381,6 +381,18 @@ BAD = {
         lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False, "unauthenticated_write": "yes"}]),
         "pi1: nfs_exports: export `data`: unauthenticated_write `'yes'` is not True/False",
     ),
+    "samba_encrypt_off": (
+        lambda ns: set_all(ns, samba_encrypt="off"),
+        "pi1: samba_encrypt: `'off'` is not one of 'desired', 'required'",
+    ),
+    "samba_min_protocol_smb1": (
+        lambda ns: set_all(ns, samba_min_protocol="NT1"),
+        "pi1: samba_min_protocol: `'NT1'` is not one of 'SMB2_10', 'SMB3'",
+    ),
+    "samba_netbios_not_a_flag": (
+        lambda ns: set_all(ns, samba_netbios="no"),
+        "pi1: samba_netbios: `'no'` is not True/False",
+    ),
     "nfs_export_not_a_dict": (
         lambda ns: set_all(ns, nfs_exports=["data"]),
         "pi1: nfs_exports: `'data'` is not an export",
