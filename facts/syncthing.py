@@ -42,6 +42,7 @@ _NODE_SCRIPT = (
     FIND_CONFIG
     + """
 import base64, hashlib
+OPTIONS = ("globalAnnounceEnabled", "localAnnounceEnabled", "relaysEnabled", "natEnabled", "crashReportingEnabled", "urAccepted")
 out = {}
 def device_id(pem):
     der = base64.b64decode("".join(l for l in pem.splitlines() if l and not l.startswith("-----")))
@@ -68,6 +69,8 @@ if d:
     out = {"config": d + "/config.xml", "home": home, "api": False,
            "gui": {"address": g.findtext("address") or "", "tls": g.get("tls") == "true",
                    "user": g.findtext("user") or "", "password_hash": g.findtext("password") or ""}}
+    o = t.find("options")
+    out["options"] = {} if o is None else {k: o.findtext(k) or "" for k in OPTIONS}
     try:
         key = g.findtext("apikey") or ""
         out["device_id"] = json.loads(api(url, key, "/rest/system/status"))["myID"]
@@ -96,7 +99,8 @@ print(json.dumps(out, sort_keys=True))
 #   edit JSON|@file   merge an edit into the configuration and save it in one PUT /rest/config:
 #                     {"devices": [{deviceID, name, addresses}], "remove_devices": [id],
 #                      "folders": [{id, label, path, type, devices: [id]}], "remove_folders": [id],
-#                      "gui": {address, useTLS, user, password}}
+#                      "gui": {address, useTLS, user, password},
+#                      "options": {globalAnnounceEnabled, relaysEnabled, natEnabled, ...}}
 #                     New devices and folders start from Syncthing's own defaults; a folder's
 #                     devices are only ever added to (devices added by hand stay).
 # The API key is read from config.xml on the node; an edit holding a password comes from a
@@ -148,6 +152,7 @@ for x in e.get("folders", []):
 gone = set(e.get("remove_folders", []))
 c["folders"] = [x for x in c["folders"] if x["id"] not in gone]
 c["gui"].update(e.get("gui", {}))
+c["options"].update(e.get("options", {}))
 api(url, key, "/rest/config", "PUT", json.dumps(c).encode())
 """
 )
@@ -168,7 +173,11 @@ class Node(FactBase):
             "config": "/var/lib/dnas/.config/syncthing/config.xml",
             "home": "/var/lib/dnas",
             "device_id": "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD",
-            "gui": {"address": "127.0.0.1:8384", "tls": False, "user": "", "password_hash": ""},
+            "gui": {"address": "127.0.0.1:8384", "tls": False, "user": "homecloud", "password_hash": "$2a$10$..."},
+            "options": {  # as config.xml has them
+                "globalAnnounceEnabled": "false", "localAnnounceEnabled": "true", "relaysEnabled": "false",
+                "natEnabled": "false", "crashReportingEnabled": "false", "urAccepted": "-1",
+            },
             "devices": {"MFZWI3D-...": {"name": "node1", "addresses": ["dynamic"]}},
             "folders": {
                 "homecloud-data": {

@@ -40,6 +40,32 @@ class DebStatus(FactBase):
         return status
 
 
+def _stat_each(paths, test: str, third: str) -> StringCommand:
+    """One line per path: path, `stat` mode/user/group and the output of `third`, tab-separated
+    (`path<TAB>-` when `[ test path ]` fails)."""
+    return StringCommand(
+        "for p in",
+        *[QuoteString(p) for p in paths],
+        f"; do if [ {test} \"$p\" ]; then printf '%s\\t%s\\t%s\\n' \"$p\" \"$(stat -c '%a %U %G' -- \"$p\")\" "
+        f"\"$({third})\"; else printf '%s\\t-\\n' \"$p\"; fi; done",
+    )
+
+
+def _parse_stat_each(output, third) -> dict:
+    """The lines of `_stat_each`: path -> {mode, user, group, **third(its third field)} or None."""
+    found: dict = {}
+    for line in output:
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) == 2 and fields[1] == "-":
+            found[fields[0]] = None
+        elif len(fields) == 3 and len(fields[1].split()) == 3:
+            extra = third(fields[2])
+            if extra is not None:
+                mode, user, group = fields[1].split()
+                found[fields[0]] = {"mode": mode, "user": user, "group": group, **extra}
+    return found
+
+
 class FileStates(FactBase):
     """
     Mode, owner, group and sha1 of several regular files in one command: path -> a dict, or
@@ -60,23 +86,10 @@ class FileStates(FactBase):
     default = dict
 
     def command(self, paths):
-        return StringCommand(
-            "for p in",
-            *[QuoteString(p) for p in paths],
-            "; do if [ -f \"$p\" ]; then printf '%s\\t%s\\t%s\\n' \"$p\" \"$(stat -c '%a %U %G' -- \"$p\")\" "
-            "\"$(sha1sum < \"$p\")\"; else printf '%s\\t-\\n' \"$p\"; fi; done",
-        )
+        return _stat_each(paths, "-f", "sha1sum < \"$p\"")
 
     def process(self, output):
-        states: dict = {}
-        for line in output:
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) == 2 and fields[1] == "-":
-                states[fields[0]] = None
-            elif len(fields) == 3 and len(fields[1].split()) == 3 and fields[2].split():
-                mode, user, group = fields[1].split()
-                states[fields[0]] = {"mode": mode, "user": user, "group": group, "sha1": fields[2].split()[0]}
-        return states
+        return _parse_stat_each(output, lambda third: {"sha1": third.split()[0]} if third.split() else None)
 
 
 class UnitStates(FactBase):
@@ -175,3 +188,28 @@ class UnixAccount(FactBase):
             elif section == "group" and len(fields) >= 3:
                 result["group"] = {"gid": int(fields[2])}
         return result
+
+
+class FolderAccess(FactBase):
+    """
+    Mode, owner, group and default ACL (``getfacl -d``; empty without one, or without getfacl)
+    of several folders in one command: path -> a dict, or None when the path is not a folder.
+
+    .. code:: python
+
+        {
+            "/srv/dnas/data": {
+                "mode": "770", "user": "dnas", "group": "dnas",
+                "default_acl": ["user::rwx", "group::rwx", "other::---"],
+            },
+            "/srv/dnas/photos": None,
+        }
+    """
+
+    default = dict
+
+    def command(self, paths):
+        return _stat_each(paths, "-d", "getfacl -dcpE -- \"$p\" 2>/dev/null | tr '\\n' ' '")
+
+    def process(self, output):
+        return _parse_stat_each(output, lambda third: {"default_acl": third.split()})

@@ -147,10 +147,15 @@ dnas_mount_options = "defaults,noatime"
 syncthing_enabled = True
 # "debian" (the distribution's package) or "syncthing" (Syncthing's own signed apt repository).
 syncthing_source = "debian"
-# GUI / REST API address. Anything but loopback needs syncthing_gui_password (and gets TLS).
+# GUI / REST API address. Anything but loopback gets TLS.
 syncthing_gui_address = "127.0.0.1:8384"
-# SECRET (required when the GUI listens beyond loopback).
+# SECRET, required: the GUI / REST API always asks for user "homecloud" and this password (also
+# on loopback: any local account could use it otherwise). secret("syncthing_gui_password").
 syncthing_gui_password = None
+# False: Syncthing finds and reaches devices on the LAN only (no global discovery, no relays, no
+# UPnP/NAT-PMP port mapping or STUN). True: all of those on, for a phone outside the home.
+# Crash and usage reporting are off either way.
+syncthing_internet = False
 # Folders shared among all dnas nodes: id, label, path (relative to dnas_path).
 syncthing_folders = [{"id": "homecloud-data", "label": "homecloud data", "path": "data"}]
 # Other devices (phones, laptops) by device ID, and the folder ids they get:
@@ -165,17 +170,29 @@ samba_workgroup = "WORKGROUP"
 samba_shares = [{"name": "data", "path": "data", "read_only": False, "valid_users": [], "guest_ok": False}]
 # SECRET values: {"alice": "password"}. An empty valid_users list means every user listed here.
 samba_users = {}
+# SMB3 encryption: "desired" (used by every client that can) or "required" (others refused).
+# Signing is always mandatory.
+samba_encrypt = "desired"
+# The oldest SMB dialect served (never SMB1 or SMB 2.0.2); SMB3 for Windows 8 / macOS 10.10 and later only.
+samba_min_protocol = "SMB2_10"
+# Keep Debian's [homes], [printers] and [print$] shares (off: unavailable; printing is off either way).
+samba_default_shares = False
+# NetBIOS (nmbd, port 139) for very old clients; off: SMB over TCP 445 only.
+samba_netbios = False
 
 # --- NFS --------------------------------------------------------------------------------------
 nfs_enabled = True
 # "kernel" (nfs-kernel-server; the default on real boards) or "ganesha" (userspace nfs-ganesha,
 # for kernels without nfsd, such as containers).
 nfs_backend = "kernel"
-# Exports: path (relative to dnas_path), networks allowed (CIDR), read_only. Access is squashed
-# to dnas_uid/dnas_gid. NFSv3 and NFSv4.
-nfs_exports = [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}]
-# Fixed port of the NFSv3 helper services, so a firewall can let them through (they pick a
-# random port otherwise): mountd.
+# Exports: path (relative to dnas_path), networks allowed (CIDR; a single host: 192.168.1.20/32),
+# read_only (True when not given), unauthenticated_write (False). NFS has no password: access
+# is squashed to dnas_uid/dnas_gid, whoever asks. The default is read-only to the LAN. A
+# read-write export to a whole subnet of a folder that a Samba share restricts to its users is
+# refused unless the export says "unauthenticated_write": True. NFSv3 and NFSv4.
+nfs_exports = [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": True}]
+# Fixed ports of the NFSv3 helper services, so a firewall can let them through (they pick a
+# random port otherwise; /etc/nfs.conf.d/homecloud.conf, and MNT_Port / NLM_Port for ganesha): mountd.
 nfs_mountd_port = 20048
 # statd (NFSv3 lock recovery).
 nfs_statd_port = 32765

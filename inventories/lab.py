@@ -57,8 +57,10 @@ _cluster = {
         {"name": "photos", "path": "photos", "read_only": False, "valid_users": ["alice", "bob"], "guest_ok": False},
     ],
     "nfs_backend": "ganesha",
-    "nfs_exports": [{"path": "data", "networks": [_state["subnet"]], "read_only": False}],
+    # NFS has no password: read-write to the controller (the tests' client) only.
+    "nfs_exports": [{"path": "data", "networks": [f"{_state['controller_ip']}/32"], "read_only": False}],
     "syncthing_devices": [],
+    "syncthing_gui_password": secret("syncthing_gui_password", length=24, store=_store),
 }
 
 

@@ -42,7 +42,10 @@ _cluster = {
         {"name": "data", "path": "data", "read_only": False, "valid_users": ["alice"], "guest_ok": False},
     ],
     "nfs_backend": "kernel",
-    "nfs_exports": [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}],
+    # NFS has no password: read-only to the LAN; read-write only to named hosts, e.g.
+    # {"path": "data", "networks": ["192.168.1.20/32"], "read_only": False}.
+    "nfs_exports": [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": True}],
+    "syncthing_gui_password": secret("syncthing_gui_password", length=24),
     "syncthing_devices": [
         # A phone, by its Syncthing device ID (Syncthing app > Show device ID):
         # {"name": "phone", "id": "ABCDEFG-HIJKLMN-...", "folders": ["homecloud-data"]},

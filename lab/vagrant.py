@@ -387,11 +387,13 @@ def inventory_groups(
         "k3s_install": "download",  # the VMs reach the internet through Vagrant's NAT
         "longhorn_enabled": True,
         "nfs_backend": "kernel",
+        "syncthing_gui_password": store_secret("syncthing_gui_password", 24),
         "samba_users": {SAMBA_USER: store_secret(f"samba_{SAMBA_USER}", 16)},
         "samba_shares": [
             {"name": "data", "path": "data", "read_only": False, "valid_users": [SAMBA_USER], "guest_ok": False},
         ],
-        "nfs_exports": [{"path": "data", "networks": [topo["subnet"]], "read_only": False}],
+        # NFS has no password: read-write to the host (VirtualBox's host-only address .1) only.
+        "nfs_exports": [{"path": "data", "networks": [f"{next(ipaddress.ip_network(topo['subnet']).hosts())}/32"], "read_only": False}],
         "node_arch": topo["arch"],
     }
     groups: dict[str, list] = {"k3s_servers": [], "k3s_agents": [], "dnas": []}

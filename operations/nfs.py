@@ -21,7 +21,7 @@ from pyinfra import host
 from pyinfra.api import OperationError, operation
 from pyinfra.facts.files import FileContents
 
-from operations.system import move_aside, replace_file
+from operations.system import move_aside, replace_file, text_file
 
 EXPORTS_HEADER = "# Managed by homecloud (operations/nfs.py): edits here are overwritten."
 GANESHA_HEADER = "# Managed by homecloud (operations/nfs.py): edits here are overwritten."
@@ -48,7 +48,7 @@ def _check_exports(exports: list[dict]) -> list[dict]:
                 normalized.append(str(ipaddress.ip_network(str(network), strict=True)))
             except ValueError as e:
                 raise OperationError(f"export `{path}`: network `{network}` is invalid ({e})") from e
-        checked.append({"path": path, "networks": normalized, "read_only": bool(export.get("read_only"))})
+        checked.append({"path": path, "networks": normalized, "read_only": export.get("read_only", True) is not False})
     return checked
 
 
@@ -80,11 +80,17 @@ def render_ganesha(
     anongid: int,
     grace_period: int,
     lease_lifetime: int,
+    mountd_port: int = 20048,
+    nlm_port: int = 32768,
 ) -> str:
     lines = [
         GANESHA_HEADER,
         "NFS_CORE_PARAM {",
         "    Protocols = 3, 4;",
+        # Fixed ports for the NFSv3 helpers (a firewall can let them through); no rquota service.
+        f"    MNT_Port = {mountd_port};",
+        f"    NLM_Port = {nlm_port};",
+        "    Enable_RQUOTA = false;",
         "}",
         "",
         "NFSV4 {",
@@ -133,7 +139,7 @@ def kernel_exports(
     Export folders with the kernel NFS server through a managed file in /etc/exports.d, and
     apply it with ``exportfs -ra`` only when the file changed.
 
-    + exports: list of {path (absolute), networks (CIDR list), read_only}
+    + exports: list of {path (absolute), networks (CIDR list), read_only (True when not given)}
     + anonuid: the uid every access is squashed to (all_squash)
     + anongid: the gid every access is squashed to
     + path: the managed exports file (a replaced one is kept as ``<path>.<timestamp>``)
@@ -180,6 +186,8 @@ def ganesha_config(
     config: str = "/etc/ganesha/ganesha.conf",
     grace_period: int = 20,
     lease_lifetime: int = 15,
+    mountd_port: int = 20048,
+    nlm_port: int = 32768,
     present: bool = True,
 ):
     """
@@ -188,12 +196,14 @@ def ganesha_config(
     NFSv4 grace period. The file it replaces (the distribution's, or ours edited by hand) is
     copied to ``<config>.<timestamp>`` first. Restart nfs-ganesha when this operation changed something.
 
-    + exports: list of {path (absolute), networks (CIDR list), read_only}
+    + exports: list of {path (absolute), networks (CIDR list), read_only (True when not given)}
     + anonuid: the uid every access is squashed to
     + anongid: the gid every access is squashed to
     + config: ganesha's configuration file
     + grace_period: NFSv4 grace period in seconds after a (re)start
     + lease_lifetime: NFSv4 lease lifetime in seconds (not above the grace period)
+    + mountd_port: the fixed port of the MOUNT protocol (NFSv3)
+    + nlm_port: the fixed port of NLM, ganesha's lock manager (NFSv3); no rquota service is run
     + present: False moves our configuration to ``<config>.<timestamp>``
 
     **Example:**
@@ -210,6 +220,8 @@ def ganesha_config(
         raise OperationError("grace_period must be 0-180 and lease_lifetime 1-120 seconds")
     if lease_lifetime > grace_period:
         raise OperationError("lease_lifetime must not be longer than grace_period")
+    if not (0 < mountd_port < 65536 and 0 < nlm_port < 65536) or mountd_port == nlm_port:
+        raise OperationError("mountd_port and nlm_port must be two different ports (1-65535)")
 
     current = host.get_fact(FileContents, path=config)
     ours = current is not None and GANESHA_HEADER in [line.rstrip() for line in current]
@@ -221,10 +233,62 @@ def ganesha_config(
             host.noop(f"{config} is not managed by homecloud")
         return
 
-    wanted = render_ganesha(exports, anonuid, anongid, grace_period, lease_lifetime)
+    wanted = render_ganesha(exports, anonuid, anongid, grace_period, lease_lifetime, mountd_port, nlm_port)
     if ours and _normalized(current) == _normalized(wanted.splitlines()):
         host.noop(f"{config} is up to date")
         return
 
     # The distribution's file, or ours with edits made by hand: kept in a backup.
     yield from replace_file(config, wanted, current is not None, backup=True)
+
+
+def render_helper_ports(mountd_port: int, statd_port: int, lockd_port: int, kernel_server: bool) -> str:
+    lines = [
+        EXPORTS_HEADER,
+        "# Fixed ports for the NFSv3 helper services (random otherwise), so a firewall can let them through.",
+    ]
+    if kernel_server:
+        lines += ["[mountd]", f"port = {mountd_port}"]
+    lines += ["[statd]", f"port = {statd_port}"]
+    if kernel_server:
+        # rpc.statd hands these to the kernel's lockd (fs.nfs.nlm_tcpport / nlm_udpport).
+        lines += ["[lockd]", f"port = {lockd_port}", f"udp-port = {lockd_port}"]
+    return "\n".join(lines) + "\n"
+
+
+@operation()
+def helper_ports(
+    mountd_port: int,
+    statd_port: int,
+    lockd_port: int,
+    kernel_server: bool = True,
+    path: str = "/etc/nfs.conf.d/homecloud.conf",
+    present: bool = True,
+):
+    """
+    Pin the ports of the NFSv3 helper services in a managed nfs.conf drop-in (nfs-utils reads
+    ``/etc/nfs.conf.d/*.conf`` after ``/etc/nfs.conf``): mountd, statd and the kernel's lockd
+    (TCP and UDP) for the kernel server; only statd for nfs-ganesha, which runs its own MOUNT
+    and NLM services (their ports are in its configuration, see ``ganesha_config``). Restart
+    rpc-statd (and nfs-server) when this operation changed something.
+
+    + mountd_port: rpc.mountd's port (kernel server)
+    + statd_port: rpc.statd's port
+    + lockd_port: the kernel lockd's port, TCP and UDP (kernel server)
+    + kernel_server: False for nfs-ganesha: statd only
+    + path: the managed drop-in
+    + present: False removes it (the services pick random ports again after a restart; the
+      ports are not used then)
+
+    **Example:**
+
+    .. code:: python
+
+        nfs.helper_ports(mountd_port=20048, statd_port=32765, lockd_port=32768)
+    """
+    if present:
+        ports = [mountd_port, statd_port, lockd_port] if kernel_server else [statd_port]
+        if any(not isinstance(port, int) or not 0 < port < 65536 for port in ports) or len(set(ports)) != len(ports):
+            raise OperationError(f"the NFS helper ports {ports} must be different ports (1-65535)")
+    text = render_helper_ports(mountd_port, statd_port, lockd_port, kernel_server) if present else ""
+    yield from text_file._inner(path=path, text=text, present=present)

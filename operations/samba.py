@@ -2,8 +2,8 @@
 Samba on a dnas node: Samba users and the shares of the dnas data folder.
 
 The shares live in one managed include file (default `/etc/samba/homecloud.conf`); the
-distribution's smb.conf is kept and only gets an `include =` line at its end (after a backup
-copy). Every candidate configuration is checked with `testparm -s` before it replaces the
+distribution's smb.conf is kept and only gets an `include =` line at the end of its [global]
+section (after a backup copy). Every candidate configuration is checked with `testparm -s` before it replaces the
 live one.
 
 Passwords: a Samba password goes to `smbpasswd` on its standard input, never in a command line.
@@ -154,18 +154,26 @@ def user(
 # --- Shares -----------------------------------------------------------------------------------
 
 
+PROTOCOLS = ("SMB2_10", "SMB3", "SMB3_00", "SMB3_02", "SMB3_11")
+DEBIAN_SHARES = ("homes", "printers", "print$")
+
+
 def render_shares(
     shares: list[dict],
     users: list[str],
     force_user: str,
     force_group: str,
     workgroup: str,
+    encrypt: str = "desired",
+    min_protocol: str = "SMB2_10",
+    default_shares: bool = False,
+    netbios: bool = False,
 ) -> str:
     """The managed include file: a [global] override and one section per share."""
     guest = any(share.get("guest_ok") for share in shares)
     lines = [
         HEADER,
-        "# Included at the end of smb.conf; testparm -s shows the effective configuration.",
+        "# Included at the end of smb.conf's [global]; testparm -s shows the effective configuration.",
         "[global]",
         f"   workgroup = {workgroup}",
         # Unknown users and wrong passwords are refused; guests only where a share allows them.
@@ -174,7 +182,26 @@ def render_shares(
     if not guest:
         # No anonymous (null) sessions either: not even the list of shares without logging in.
         lines.append("   restrict anonymous = 2")
+    lines += [
+        # No SMB1 or SMB 2.0.2; every session signed; SMB3 encryption offered (or required).
+        f"   server min protocol = {min_protocol}",
+        "   server signing = mandatory",
+        f"   server smb encrypt = {encrypt}",
+        # No printing: no printer shares, no spooler.
+        "   load printers = no",
+        "   printing = bsd",
+        "   printcap name = /dev/null",
+        "   disable spoolss = yes",
+    ]
+    if not netbios:
+        # SMB over TCP 445 only: no NetBIOS name service (nmbd), no port 139.
+        lines += ["   disable netbios = yes", "   smb ports = 445"]
     lines.append("")
+    if not default_shares:
+        # Debian's [homes], [printers] and [print$] (defined after this include) are kept in
+        # smb.conf but switched off: a section named twice adds up, and nothing there sets these.
+        for section in DEBIAN_SHARES:
+            lines += [f"[{section}]", "   available = no", "   browseable = no", ""]
     for share in shares:
         valid = list(share.get("valid_users") or [])
         if not valid and not share.get("guest_ok"):
@@ -189,11 +216,12 @@ def render_shares(
         if valid:
             lines.append(f"   valid users = {' '.join(valid)}")
         lines += [
-            # Every file lands with the dnas owner, whoever writes it (Syncthing, NFS see it).
+            # Every file lands with the dnas owner, whoever writes it (Syncthing, NFS see it),
+            # readable and writable by the dnas group only.
             f"   force user = {force_user}",
             f"   force group = {force_group}",
-            "   create mask = 0664",
-            "   directory mask = 0775",
+            "   create mask = 0660",
+            "   directory mask = 0770",
             "",
         ]
     return "\n".join(lines)
@@ -212,15 +240,43 @@ def _include_pattern(include: str) -> str:
     return f"^[[:space:]]*include[[:space:]]*=[[:space:]]*{_ere_escape(include)}[[:space:]]*$"
 
 
+def _in_global(lines: list[str], include_re: re.Pattern) -> tuple[bool, bool]:
+    """(our include line is there, every one of them is in [global] - or before any section)."""
+    section = "global"
+    found, in_global = False, True
+    for line in lines:
+        header = re.match(r"^\s*\[([^\]]*)\]", line)
+        if header:
+            section = header.group(1).strip().lower()
+        elif include_re.match(line):
+            found = True
+            in_global = in_global and section == "global"
+    return found, found and in_global
+
+
+def _placed(smb_conf: str, include: str, line: str) -> str:
+    """
+    Shell printing smb.conf with our include line (awk variable `line`: a shell word) as the
+    last line of [global] - before the first other section that follows it, or at the end -
+    and no other copy of it.
+    """
+    program = (
+        "/" + _include_pattern(include).replace("/", "\\/") + "/ { next } "
+        "/^[[:space:]]*\\[/ { s = tolower($0); gsub(/[[:space:]]/, \"\", s); "
+        "if (s == \"[global]\") g = 1; else if (g && !done) { print inc; done = 1 } } "
+        "{ print } END { if (!done) print inc }"
+    )
+    return f"awk -v inc={line} {shlex.quote(program)} {shlex.quote(smb_conf)}"
+
+
 def _testparm_check(smb_conf: str, include: str) -> str:
     """
     Check (``{}``: the include file to test) for ``system.write_file``: the live smb.conf
-    without our include line, plus an include of ``{}`` at the end, in a temporary file that
+    with an include of ``{}`` where ours goes (the end of [global]), in a temporary file that
     testparm checks; testparm's complaints go to stderr.
     """
     return (
-        "tmp=$(mktemp) && { grep -v -E " + shlex.quote(_include_pattern(include)) + " " + shlex.quote(smb_conf)
-        + "; printf '\\ninclude = %s\\n' {}; } > \"$tmp\" && "
+        "tmp=$(mktemp) && " + _placed(smb_conf, include, "'include = '{}") + ' > "$tmp" && '
         'if testparm -s "$tmp" > /dev/null 2> "$tmp.err"; then rm -f "$tmp" "$tmp.err"; '
         'else cat "$tmp.err" >&2; rm -f "$tmp" "$tmp.err"; false; fi'
     )
@@ -233,12 +289,18 @@ def config(
     force_user: str,
     force_group: str,
     workgroup: str = "WORKGROUP",
+    encrypt: str = "desired",
+    min_protocol: str = "SMB2_10",
+    default_shares: bool = False,
+    netbios: bool = False,
     smb_conf: str = "/etc/samba/smb.conf",
     include: str = "/etc/samba/homecloud.conf",
     present: bool = True,
 ):
     """
-    Serve shares through a managed include file of smb.conf. The candidate include file
+    Serve shares through a managed include file of smb.conf, included at the end of its
+    ``[global]`` section (a line found elsewhere, as older versions appended it at the end of
+    the file, inside ``[print$]``, is moved there). The candidate include file
     (``<include>.homecloud-new``) is checked with ``testparm -s`` (in a copy of smb.conf that
     includes it) before it replaces the live one; when testparm refuses it the operation fails
     and nothing live changes. Backups (``system.backup_command``: ``<path>.<timestamp>``, mode
@@ -251,6 +313,13 @@ def config(
     + force_user: the owner of every file written through Samba
     + force_group: the group of every file written through Samba
     + workgroup: the SMB workgroup
+    + encrypt: SMB3 encryption, ``desired`` (offered; clients that can use it) or ``required``
+      (clients without it are refused); signing is always mandatory
+    + min_protocol: the oldest dialect served (``SMB2_10`` or an SMB3 one; never SMB1/2.0.2)
+    + default_shares: keep Debian's ``[homes]``, ``[printers]`` and ``[print$]``; False switches
+      them off (``available = no`` in the include file; smb.conf is not edited for it). Printing
+      is off either way (``load printers = no``, no spooler)
+    + netbios: serve NetBIOS (nmbd, port 139); False: SMB over TCP 445 only. Stop nmbd yourself
     + smb_conf: the distribution's smb.conf (kept; gets one include line)
     + include: the managed include file
     + present: False removes the include line and moves the include file to
@@ -273,7 +342,7 @@ def config(
         if present:
             raise OperationError(f"{smb_conf} is missing: install samba first")
         smb_lines = []
-    included = any(include_re.match(line) for line in smb_lines)
+    included, in_global = _in_global(smb_lines, include_re)
     current = host.get_fact(FileContents, path=include)
 
     if not present:
@@ -310,8 +379,12 @@ def config(
             raise OperationError(f"`{value}` is not a valid user or group name")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}", workgroup):
         raise OperationError(f"workgroup `{workgroup}` is invalid (1-15 letters, digits, ._-)")
+    if encrypt not in ("desired", "required"):
+        raise OperationError(f"encrypt `{encrypt}` is not desired or required")
+    if min_protocol not in PROTOCOLS:
+        raise OperationError(f"min_protocol `{min_protocol}` is not one of {', '.join(PROTOCOLS)}")
 
-    wanted = render_shares(shares, users, force_user, force_group, workgroup)
+    wanted = render_shares(shares, users, force_user, force_group, workgroup, encrypt, min_protocol, default_shares, netbios)
     check = _testparm_check(smb_conf, include)
     up_to_date = current is not None and _normalized(current) == _normalized(wanted.splitlines())
 
@@ -320,13 +393,17 @@ def config(
         yield from replace_file(
             include, wanted.rstrip("\n") + "\n", current is not None, check=check, check_name="testparm", backup=True
         )
-    elif not included:
+    elif not in_global:
         yield check_command(check, include, smb_conf, "testparm")
 
-    if not included:
-        # The distribution's smb.conf (and the user's edits) is kept; only our line is appended.
+    if not in_global:
+        # The distribution's smb.conf (and the user's edits) is kept; only our line is added
+        # at the end of [global] (or moved there).
         yield backup_command(smb_conf)
-        yield f"sed -i -e '$a\\' {shlex.quote(smb_conf)} && printf 'include = %s\\n' {shlex.quote(include)} >> {shlex.quote(smb_conf)}"
+        yield (
+            "tmp=$(mktemp) && " + _placed(smb_conf, include, shlex.quote(f"include = {include}"))
+            + f' > "$tmp" && cat "$tmp" > {shlex.quote(smb_conf)} && rm -f "$tmp"'
+        )
 
-    if up_to_date and included:
+    if up_to_date and in_global:
         host.noop("Samba shares are up to date")

@@ -100,7 +100,7 @@ def service(user: str, present: bool = True):
     + present: False stops and disables the service (its config and the data stay)
 
     A drop-in sets ``STNODEFAULTFOLDER=1`` so the first start creates no "Default Folder"
-    (~/Sync). The REST helper this module's operations use is installed with it. The service
+    (~/Sync), and ``UMask=0007``: nothing it writes is readable by other accounts. The REST helper this module's operations use is installed with it. The service
     restarts only when the drop-in changed.
 
     **Example:**
@@ -138,7 +138,9 @@ def service(user: str, present: bool = True):
                 "text": "# Managed by homecloud (operations/syncthing.py).\n"
                 "[Service]\n"
                 "# No \"Default Folder\" (~/Sync) on the first start.\n"
-                "Environment=STNODEFAULTFOLDER=1\n",
+                "Environment=STNODEFAULTFOLDER=1\n"
+                "# What it writes is for the dnas group only: files 0660, folders 0770.\n"
+                "UMask=0007\n",
             },
         ]
     )
@@ -258,6 +260,27 @@ def _gui_commands(node: dict, user: str, address: str, password: str | None, gui
             "python3", CLIENT_PATH, QuoteString(user), "edit", QuoteString("@" + temp), "; rc=$?; rm -f", QuoteString(temp), "; exit $rc"
         ),
     ], ""
+
+
+def _options_commands(node: dict, user: str, internet: bool | None) -> tuple[list, str]:
+    """The options edit of syncthing.configure for the Node fact `node`, and its no-op message.
+    internet=False: no global discovery, relays or NAT traversal (port mapping; STUN runs only
+    with it); True: those on, for devices outside the LAN. Crash and usage reports: always off."""
+    if internet is None:
+        return [], ""
+    wanted = {
+        "globalAnnounceEnabled": internet,
+        "relaysEnabled": internet,
+        "natEnabled": internet,
+        "crashReportingEnabled": False,
+        "urAccepted": -1,  # usage reporting declined for good (never asked again)
+    }
+    current = node.get("options") or {}
+    as_xml = {key: str(value).lower() if isinstance(value, bool) else str(value) for key, value in wanted.items()}
+    change = {key: value for key, value in wanted.items() if current.get(key) != as_xml[key]}
+    if change:
+        return [_edit(user, {"options": change})], ""
+    return [], f"Syncthing of {user}: global discovery, relays and NAT traversal {'on' if internet else 'off'}, no crash or usage reports"
 
 
 @operation()
@@ -549,10 +572,11 @@ def configure(
     devices: list[dict] | None = None,
     port: int = 22000,
     sudo: bool = False,
+    internet: bool | None = None,
 ):
     """
     What ``remove_default_folder``, ``gui`` and ``mesh`` do, in that order, decided from one
-    read of the ``syncthing.Node`` fact instead of three.
+    read of the ``syncthing.Node`` fact instead of three; then Syncthing's internet options.
 
     + user: the system user Syncthing runs as
     + gui_address: ``host:port`` the GUI listens on (see ``gui``)
@@ -563,6 +587,9 @@ def configure(
     + devices: other devices (see ``mesh``)
     + port: the Syncthing port of the peers
     + sudo: read the peers' facts with sudo
+    + internet: False turns global discovery, relays and NAT traversal (UPnP/NAT-PMP port
+      mapping, and STUN with it) off; True on (a phone outside the home finds the nodes). Crash
+      and usage reporting are turned off either way. None leaves these options as they are.
 
     Each part is a change of its own (the REST helper merges it into the configuration
     Syncthing holds when it runs), exactly as the three operations would make them.
@@ -584,8 +611,9 @@ def configure(
         _default_folder_commands(node, user),
         _gui_commands(node, user, gui_address, password, gui_user),
         _mesh_commands(node, user, peers, folders, devices, port, sudo),
+        _options_commands(node, user, internet),
     ]
     commands = [command for part, _ in parts for command in part]
     yield from commands
     if not commands:
-        host.noop("; ".join(noop for _, noop in parts))
+        host.noop("; ".join(noop for _, noop in parts if noop))

@@ -277,7 +277,7 @@ def test_inventory_from_running_lab_passes_validation(tmp_path, clean_env, provi
     assert {by_name[n].data["node_interface"] for n in names} == {"eth1"}  # Debian's boxes
     assert (node1["vip"], node1["network_prefix"]) == ("192.168.56.10", 24)
     assert (node1["k3s_install"], node1["longhorn_enabled"], node1["nfs_backend"]) == ("download", True, "kernel")
-    assert node1["nfs_exports"][0]["networks"] == ["192.168.56.0/24"]
+    assert node1["nfs_exports"][0]["networks"] == ["192.168.56.1/32"]  # read-write to the host only
     assert (node1["dnas_device"], node1["dnas_format"]) == ("LABEL=homecloud-data", True)
     blank = {"libvirt": "/dev/disk/by-id/virtio-homecloud-data", "virtualbox": "/dev/disk/by-id/homecloud-data-disk"}
     assert by_name["node2"].data["dnas_blank_device"] == blank[provider]

@@ -32,8 +32,13 @@ CLUSTER = {
     "network_prefix": 24,
     "keepalived_auth_pass": "Vq8kZr2p",
     "samba_users": {"alice": "a-long-random-Passw0rd"},
+    "syncthing_gui_password": "another-long-random-Passw0rd",
     "samba_shares": [{"name": "data", "path": "data", "read_only": False, "valid_users": ["alice"], "guest_ok": False}],
-    "nfs_exports": [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}],
+    "nfs_exports": [
+        {"path": "data", "networks": ["192.168.1.0/24"]},
+        {"path": "data/scans", "networks": ["192.168.1.20/32"], "read_only": False},
+        {"path": "public", "networks": ["192.168.1.0/24"], "read_only": False},
+    ],
 }
 
 
@@ -228,8 +233,18 @@ BAD = {
         "pi1: syncthing_devices: device id `'NOT-AN-ID'` is not a Syncthing device ID",
     ),
     "syncthing_gui_open_without_password": (
-        lambda ns: set_all(ns, syncthing_gui_address="0.0.0.0:8384"),
-        "pi1: syncthing_gui_password: the GUI listens on 0.0.0.0:8384 but has no real password",
+        lambda ns: set_all(ns, syncthing_gui_address="0.0.0.0:8384", syncthing_gui_password=None),
+        "pi1: syncthing_gui_password: missing or left at an example value: the Syncthing GUI / REST API on 0.0.0.0:8384 needs one",
+    ),
+    "syncthing_gui_loopback_without_password": (
+        lambda ns: set_all(ns, syncthing_gui_password=None),
+        "pi1: syncthing_gui_password: missing or left at an example value: the Syncthing GUI / REST API on 127.0.0.1:8384 "
+        "needs one even on loopback (any local account could read its API key and share the data out). "
+        'Fix: set syncthing_gui_password = secret("syncthing_gui_password")',
+    ),
+    "syncthing_internet_not_a_flag": (
+        lambda ns: set_all(ns, syncthing_internet="yes"),
+        "pi1: syncthing_internet: `'yes'` is not True/False",
     ),
     "vrrp_secret_blank": (
         lambda ns: set_all(ns, keepalived_auth_pass="ab cd#1"),
@@ -352,6 +367,31 @@ BAD = {
     "nfs_read_only_int": (
         lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": 1}]),
         "pi1: nfs_exports: export `data`: read_only `1` is not True/False",
+    ),
+    "nfs_rw_subnet_of_a_samba_restricted_folder": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.20/32", "192.168.1.0/24"], "read_only": False}]),
+        "pi1: nfs_exports: export `data` lets any host of 192.168.1.0/24 write without a password a folder Samba restricts "
+        "to its users (share `data`). Fix: export it read-only, or read-write to named hosts only",
+    ),
+    "nfs_rw_subnet_inside_a_samba_restricted_folder": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data/scans", "networks": ["192.168.1.0/28"], "read_only": False, "unauthenticated_write": False}]),
+        "pi1: nfs_exports: export `data/scans` lets any host of 192.168.1.0/28 write without a password",
+    ),
+    "nfs_unauthenticated_write_not_a_flag": (
+        lambda ns: set_all(ns, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False, "unauthenticated_write": "yes"}]),
+        "pi1: nfs_exports: export `data`: unauthenticated_write `'yes'` is not True/False",
+    ),
+    "samba_encrypt_off": (
+        lambda ns: set_all(ns, samba_encrypt="off"),
+        "pi1: samba_encrypt: `'off'` is not one of 'desired', 'required'",
+    ),
+    "samba_min_protocol_smb1": (
+        lambda ns: set_all(ns, samba_min_protocol="NT1"),
+        "pi1: samba_min_protocol: `'NT1'` is not one of 'SMB2_10', 'SMB3'",
+    ),
+    "samba_netbios_not_a_flag": (
+        lambda ns: set_all(ns, samba_netbios="no"),
+        "pi1: samba_netbios: `'no'` is not True/False",
     ),
     "nfs_export_not_a_dict": (
         lambda ns: set_all(ns, nfs_exports=["data"]),
@@ -568,6 +608,16 @@ def test_bad_inventory_is_refused_with_a_clear_message(case):
     # Every message names a host (or hosts), the key, and says how to fix it.
     for error in errors:
         assert ": " in error and "Fix: " in error, error
+
+
+def test_nfs_write_to_a_subnet_passes_with_the_opt_in_or_without_samba_on_the_folder():
+    namespace = set_all(good_inventory(), nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False, "unauthenticated_write": True}])
+    assert errors_of(namespace) == []
+    namespace = set_all(good_inventory(), samba_enabled=False, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}])
+    assert errors_of(namespace) == []
+    guests = [{"name": "data", "path": "data", "read_only": True, "guest_ok": True}]
+    namespace = set_all(good_inventory(), samba_shares=guests, nfs_exports=[{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}])
+    assert errors_of(namespace) == []
 
 
 def test_stable_device_paths_pass():

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from posixpath import join, normpath
 
-from pyinfra.operations import files
-
 from operations import storage, system
 
 
@@ -36,9 +34,16 @@ def dnas_owner(user: str, uid: int, gid: int, home: str) -> None:
 
 
 def owned_folders(what: str, paths: list[str], user: str) -> None:
-    """Each folder of `paths` exists, owned by `user` (and its group)."""
-    for path in paths:
-        files.directory(name=f"{what} {path} owned by {user}", path=path, user=user, group=user)
+    """
+    Each folder of `paths` exists, owned by `user` and its group, 0770, with a default ACL
+    that keeps others out of what is created inside (files 0660 / folders 0770 at most, also
+    for NFS clients that ask for 0644). What is already inside is not changed (no recursive
+    chmod): the folder's own 0770 keeps other accounts out of it.
+    """
+    if not paths:
+        return
+    system.packages(name="setfacl (package acl) for the NAS folders", packages=["acl"])
+    system.private_folders(name=f"{what} {', '.join(paths)}: {user} and its group only (0770, default ACL)", paths=list(paths), user=user)
 
 
 def folder_levels(base: str, relative: str) -> list[str]:

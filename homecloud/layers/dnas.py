@@ -106,9 +106,18 @@ def _check_syncthing(err, spec) -> None:
     if isinstance(gui, str):
         if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):\d{1,5}", gui) or not 0 < int(gui.rsplit(":", 1)[1]) < 65536:
             err(spec.name, "syncthing_gui_address", f"`{gui}` is not host:port", "write it like 127.0.0.1:8384")
-        password = data.get("syncthing_gui_password")
-        if not gui.startswith(("127.", "localhost:", "[::1]:")) and (password is None or isinstance(password, str)) and is_secret_bad(password):
-            err(spec.name, "syncthing_gui_password", f"the GUI listens on {gui} but has no real password", "set a password or keep syncthing_gui_address = '127.0.0.1:8384'")
+    password = data.get("syncthing_gui_password")
+    if (password is None or isinstance(password, str)) and is_secret_bad(password):
+        where = f"on {gui}" if isinstance(gui, str) else ""
+        err(
+            spec.name,
+            "syncthing_gui_password",
+            f"missing or left at an example value: the Syncthing GUI / REST API {where} needs one even on loopback "
+            "(any local account could read its API key and share the data out)",
+            'set syncthing_gui_password = secret("syncthing_gui_password") (kept in the controller\'s secret store)',
+        )
+    elif isinstance(password, str) and ("\n" in password or "\r" in password):
+        err(spec.name, "syncthing_gui_password", "contains a line break", "use a password on one line")
 
 
 LAYER = Layer(
@@ -155,8 +164,24 @@ LAYER = Layer(
             '"debian" (the distribution\'s package) or "syncthing" (Syncthing\'s own signed apt repository).',
             DNAS,
         ),
-        Key("syncthing_gui_address", Kind(), "127.0.0.1:8384", "GUI / REST API address. Anything but loopback needs syncthing_gui_password (and gets TLS).", DNAS),
-        Key("syncthing_gui_password", Kind(optional=True), None, "SECRET (required when the GUI listens beyond loopback).", DNAS),
+        Key("syncthing_gui_address", Kind(), "127.0.0.1:8384", "GUI / REST API address. Anything but loopback gets TLS.", DNAS),
+        Key(
+            "syncthing_gui_password",
+            Kind(optional=True),
+            None,
+            'SECRET, required: the GUI / REST API always asks for user "homecloud" and this password (also\n'
+            'on loopback: any local account could use it otherwise). secret("syncthing_gui_password").',
+            DNAS,
+        ),
+        Key(
+            "syncthing_internet",
+            flag(),
+            False,
+            "False: Syncthing finds and reaches devices on the LAN only (no global discovery, no relays, no\n"
+            "UPnP/NAT-PMP port mapping or STUN). True: all of those on, for a phone outside the home.\n"
+            "Crash and usage reporting are off either way.",
+            DNAS,
+        ),
         Key(
             "syncthing_folders",
             Kind(list),
@@ -242,22 +267,24 @@ def dnas(settings: DnasSettings, samba_settings: SambaSettings, nfs_settings: Nf
         syncthing.service(name=f"Syncthing runs as syncthing@{dnas_user}", user=dnas_user)
         password = settings.syncthing_gui_password
         gui_address = settings.syncthing_gui_address
+        internet = "on" if settings.syncthing_internet else "off"
         syncthing.configure(
-            name=f"Syncthing: no untouched default folder, GUI on {gui_address}, every dnas node peered, folders shared",
+            name=f"Syncthing: no untouched default folder, GUI on {gui_address} with a password, every dnas node peered, "
+            f"folders shared, internet discovery/relays/NAT {internet}, no reports",
             user=dnas_user,
             gui_address=gui_address,
-            gui_password=HiddenValue(password) if password else None,
+            gui_password=HiddenValue(password),
             peers=dict(peers),
             folders=folders,
             devices=thawed(settings.syncthing_devices),
             sudo=sudo,
+            internet=settings.syncthing_internet,
         )
-        if password:
-            secrets_ops.fingerprints(
-                name="Fingerprint of the Syncthing GUI password (no secret stored)",
-                salt=salt,
-                secrets={"syncthing_gui_password": HiddenValue(password)},
-            )
+        secrets_ops.fingerprints(
+            name="Fingerprint of the Syncthing GUI password (no secret stored)",
+            salt=salt,
+            secrets={"syncthing_gui_password": HiddenValue(password)},
+        )
     else:
         syncthing.service(name=f"Syncthing (syncthing@{dnas_user}) is off", user=dnas_user, present=False)
 

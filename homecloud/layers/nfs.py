@@ -21,9 +21,44 @@ DNAS = ("dnas",)
 EXPORTS = Entries(
     "export",
     "path",
-    {"path": Kind(required=True), "networks": Kind(list, required=True), "read_only": flag()},
-    '{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}',
+    {"path": Kind(required=True), "networks": Kind(list, required=True), "read_only": flag(), "unauthenticated_write": flag()},
+    '{"path": "data", "networks": ["192.168.1.0/24"], "read_only": True}',
 )
+
+
+def _overlaps(one: str, other: str) -> bool:
+    """One folder is the other or inside it (relative paths of dnas_path)."""
+    one, other = normpath(one.strip("/")), normpath(other.strip("/"))
+    return one == other or one.startswith(other + "/") or other.startswith(one + "/")
+
+
+def _samba_restricted(data: dict, path: str) -> list[str]:
+    """The Samba shares (guests not allowed: a password is needed) over the same folder as `path`."""
+    if data.get("samba_enabled") is not True or not isinstance(data.get("samba_shares"), list):
+        return []
+    return [
+        str(share.get("name"))
+        for share in data["samba_shares"]
+        if isinstance(share, dict) and isinstance(share.get("path"), str) and not share.get("guest_ok") and _overlaps(share["path"], path)
+    ]
+
+
+def _check_unauthenticated_write(err, spec, export: dict, networks: list) -> None:
+    """A read-write export to a whole subnet lets anyone there write, as any uid, a folder Samba
+    only opens to named users with a password (and Syncthing replicates what they delete)."""
+    if export.get("read_only", True) is not False or export.get("unauthenticated_write") is True:
+        return
+    subnets = [str(net) for net in networks if net.prefixlen < net.max_prefixlen]
+    shares = _samba_restricted(spec.data, export["path"])
+    if subnets and shares:
+        err(
+            spec.name,
+            "nfs_exports",
+            f"export `{export['path']}` lets any host of {', '.join(subnets)} write without a password a folder "
+            f"Samba restricts to its users (share {', '.join(f'`{s}`' for s in shares)})",
+            "export it read-only, or read-write to named hosts only (e.g. 192.168.1.20/32), "
+            'or add "unauthenticated_write": True to this export if every host there may change the data',
+        )
 
 
 def check(err, cluster: Cluster) -> None:
@@ -45,6 +80,7 @@ def check(err, cluster: Cluster) -> None:
             export_paths.add(epath)
             if not export["networks"]:
                 err(spec.name, "nfs_exports", f"export `{export['path']}` allows no network", "list the networks allowed, e.g. ['192.168.1.0/24']")
+            networks = []
             for network in export["networks"]:
                 try:
                     net = ipaddress.ip_network(str(network), strict=True)
@@ -53,6 +89,8 @@ def check(err, cluster: Cluster) -> None:
                     continue
                 if net.prefixlen == 0:
                     err(spec.name, "nfs_exports", f"network `{network}` opens the export to the whole internet", "list your LAN only, e.g. 192.168.1.0/24")
+                networks.append(net)
+            _check_unauthenticated_write(err, spec, export, networks)
 
 
 LAYER = Layer(
@@ -71,9 +109,12 @@ LAYER = Layer(
         Key(
             "nfs_exports",
             Kind(list),
-            [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": False}],
-            "Exports: path (relative to dnas_path), networks allowed (CIDR), read_only. Access is squashed\n"
-            "to dnas_uid/dnas_gid. NFSv3 and NFSv4.",
+            [{"path": "data", "networks": ["192.168.1.0/24"], "read_only": True}],
+            "Exports: path (relative to dnas_path), networks allowed (CIDR; a single host: 192.168.1.20/32),\n"
+            "read_only (True when not given), unauthenticated_write (False). NFS has no password: access\n"
+            "is squashed to dnas_uid/dnas_gid, whoever asks. The default is read-only to the LAN. A\n"
+            "read-write export to a whole subnet of a folder that a Samba share restricts to its users is\n"
+            "refused unless the export says \"unauthenticated_write\": True. NFSv3 and NFSv4.",
             DNAS,
             EXPORTS,
         ),
@@ -81,8 +122,8 @@ LAYER = Layer(
             "nfs_mountd_port",
             count(1, 65535),
             20048,
-            "Fixed port of the NFSv3 helper services, so a firewall can let them through (they pick a\n"
-            "random port otherwise): mountd.",
+            "Fixed ports of the NFSv3 helper services, so a firewall can let them through (they pick a\n"
+            "random port otherwise; /etc/nfs.conf.d/homecloud.conf, and MNT_Port / NLM_Port for ganesha): mountd.",
             DNAS,
         ),
         Key("nfs_statd_port", count(1, 65535), 32765, "statd (NFSv3 lock recovery).", DNAS),
@@ -119,9 +160,11 @@ def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
     dnas_user = settings.dnas_user
     uid = settings.dnas_uid
     gid = settings.dnas_gid
+    mountd_port, statd_port, lockd_port = settings.nfs_mountd_port, settings.nfs_statd_port, settings.nfs_lockd_port
     if not settings.nfs_enabled:
         # NFS turned off: nothing is exported any more (the data stays).
         nfs_ops.kernel_exports(name="homecloud NFS exports removed", exports=[], anonuid=uid, anongid=gid, present=False)
+        nfs_ops.helper_ports(name="No fixed NFS helper ports", mountd_port=0, statd_port=0, lockd_port=0, present=False)
         system.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
         return
 
@@ -129,7 +172,7 @@ def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
         {
             "path": normpath(join(dnas_path, export["path"])),
             "networks": list(export.get("networks") or []),
-            "read_only": bool(export.get("read_only", False)),
+            "read_only": export.get("read_only", True) is not False,
         }
         for export in settings.nfs_exports
     ]
@@ -141,15 +184,30 @@ def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
         # The other backend would hold port 2049: stop it if it is there.
         system.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
         system.packages(name="Install the kernel NFS server", packages=["nfs-kernel-server"])
+        ports = nfs_ops.helper_ports(
+            name=f"NFS helpers on fixed ports: mountd {mountd_port}, statd {statd_port}, lockd {lockd_port} (TCP and UDP)",
+            mountd_port=mountd_port,
+            statd_port=statd_port,
+            lockd_port=lockd_port,
+        )
         nfs_ops.kernel_exports(name="NFS exports (kernel server)", exports=exports, anonuid=uid, anongid=gid)
         system.services(name="Kernel NFS server is running", services=["nfs-server"])
+        systemd.service(name="Restart statd (its ports changed)", service="rpc-statd", restarted=True, _if=ports.did_change)
+        systemd.service(name="Restart the NFS server (its helper ports changed)", service="nfs-server", restarted=True, _if=ports.did_change)
         return
 
     # ganesha. The other backend would hold port 2049: stop it and drop its exports if it is there.
     system.services(name="Kernel NFS server is off", services=["nfs-server"], running=False, enabled=False)
     nfs_ops.kernel_exports(name="No kernel NFS exports", exports=[], anonuid=uid, anongid=gid, present=False)
     system.packages(name="Install nfs-ganesha", packages=["nfs-ganesha", "nfs-ganesha-vfs", "rpcbind", "dbus"])
-    ganesha = nfs_ops.ganesha_config(name="nfs-ganesha configuration", exports=exports, anonuid=uid, anongid=gid)
+    # ganesha serves MOUNT and NLM itself (ports in its configuration); statd is nfs-common's.
+    ports = nfs_ops.helper_ports(
+        name=f"statd on a fixed port ({statd_port})", mountd_port=mountd_port, statd_port=statd_port, lockd_port=lockd_port, kernel_server=False
+    )
+    ganesha = nfs_ops.ganesha_config(
+        name=f"nfs-ganesha configuration (MOUNT on port {mountd_port}, NLM on {lockd_port})",
+        exports=exports, anonuid=uid, anongid=gid, mountd_port=mountd_port, nlm_port=lockd_port,
+    )
     # The unit stops ganesha with an asynchronous D-Bus call: a restart could start the new
     # server while the old one still holds port 2049 and, exiting, unregisters the new one
     # from rpcbind. Make "stop" wait until the old process is gone (at most ~30 s).
@@ -160,6 +218,8 @@ def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
     )
     systemd.daemon_reload(name="systemd reloads nfs-ganesha's unit", _if=stop_wait.did_change)
     system.services(name="rpcbind (NFSv3) and nfs-ganesha are running", services=["rpcbind", "nfs-ganesha"])
+    # With ganesha, statd runs as nfs-ganesha-lock.service (rpc-statd.service would find it running).
+    systemd.service(name="Restart statd (its port changed)", service="nfs-ganesha-lock", restarted=True, _if=ports.did_change)
     systemd.service(name="Restart nfs-ganesha (configuration changed)", service="nfs-ganesha", restarted=True, _if=ganesha.did_change)
 
 

@@ -92,6 +92,23 @@ LAYER = Layer(
             SHARES,
         ),
         Key("samba_users", Kind(dict), {}, 'SECRET values: {"alice": "password"}. An empty valid_users list means every user listed here.', DNAS),
+        Key(
+            "samba_encrypt",
+            Kind(choices=("desired", "required")),
+            "desired",
+            'SMB3 encryption: "desired" (used by every client that can) or "required" (others refused).\n'
+            "Signing is always mandatory.",
+            DNAS,
+        ),
+        Key(
+            "samba_min_protocol",
+            Kind(choices=samba_ops.PROTOCOLS),
+            "SMB2_10",
+            "The oldest SMB dialect served (never SMB1 or SMB 2.0.2); SMB3 for Windows 8 / macOS 10.10 and later only.",
+            DNAS,
+        ),
+        Key("samba_default_shares", flag(), False, "Keep Debian's [homes], [printers] and [print$] shares (off: unavailable; printing is off either way).", DNAS),
+        Key("samba_netbios", flag(), False, "NetBIOS (nmbd, port 139) for very old clients; off: SMB over TCP 445 only.", DNAS),
     ],
     reads=("dnas_path", "dnas_user", "dnas_uid", "dnas_gid"),
     check=check,
@@ -158,9 +175,16 @@ def samba(settings: SambaSettings, salt: str, prepared: list[str] | None = None)
         force_user=dnas_user,
         force_group=dnas_user,
         workgroup=settings.samba_workgroup,
+        encrypt=settings.samba_encrypt,
+        min_protocol=settings.samba_min_protocol,
+        default_shares=settings.samba_default_shares,
+        netbios=settings.samba_netbios,
     )
+    netbios = settings.samba_netbios
+    system.services(name="NetBIOS name service (nmbd) is " + ("on" if netbios else "off"), services=["nmbd"], running=netbios, enabled=netbios)
     system.services(name="Samba is running", services=["smbd"])
-    systemd.service(name="Reload Samba (configuration changed)", service="smbd", reloaded=True, _if=shares_config.did_change)
+    # A restart, not a reload: the ports smbd listens on (445 only without NetBIOS) change only then.
+    systemd.service(name="Restart Samba (configuration changed)", service="smbd", restarted=True, _if=shares_config.did_change)
 
 
 def apply(state, host) -> None:

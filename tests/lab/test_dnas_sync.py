@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import posixpath
+import shlex
+import subprocess
 import time
 import uuid
 
@@ -229,3 +231,107 @@ def test_phone_device_receives_folder(dnas, phone, pyinfra_run):
     # The same deploy with the same device again changes nothing.
     second = pyinfra_run("deploys/dnas.py", "--data", f"syncthing_devices={devices}")
     assert second["returncode"] == 0 and results.changed(second) == {}, results.summary(second)
+
+
+# --- The GUI / REST API and the internet features ----------------------------------------------
+
+INTRUDER = "hc-intruder"
+INTERNET_OPTIONS = ("globalAnnounceEnabled", "relaysEnabled", "natEnabled")
+
+# Run by a local account that is not the dnas user, as a browser would: load the GUI's page
+# (argv[1] = its base URL) to get the CSRF cookie, then GET the REST path argv[2] with that
+# token, with the basic-auth user:password read from stdin (empty: none); print the HTTP status
+# of the first refusal, or of the REST call. The account cannot read config.xml: no API key.
+_AS_INTRUDER = """
+import base64, http.cookiejar, ssl, sys, urllib.error, urllib.request as R
+creds = sys.stdin.read().strip()
+headers = {"Authorization": "Basic " + base64.b64encode(creds.encode()).decode()} if creds else {}
+jar = http.cookiejar.CookieJar()
+opener = R.build_opener(R.HTTPCookieProcessor(jar), R.HTTPSHandler(context=ssl._create_unverified_context()))
+try:
+    opener.open(R.Request(sys.argv[1] + "/", headers=headers), timeout=10).read()
+    csrf = {c.name: c.value for c in jar if c.name.startswith("CSRF-Token")}
+    headers.update({"X-" + k: v for k, v in csrf.items()})
+    with opener.open(R.Request(sys.argv[1] + sys.argv[2], headers=headers), timeout=10) as f:
+        print(f.status)
+except urllib.error.HTTPError as e:
+    print(e.code)
+"""
+
+
+CREDS = "/root/.hc-test-gui-creds"
+
+
+def _put_private(data, text: str, dest: str) -> None:
+    """Write `text` to a 0600 file on the node, through ssh's stdin."""
+    subprocess.run(
+        ["ssh", "-i", data["ssh_key"], "-p", str(data.get("ssh_port", 22)), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+         "-o", "LogLevel=ERROR", f"{data.get('ssh_user', 'root')}@{data['ssh_hostname']}", f"umask 077; cat > {dest}"],
+        input=text, text=True, check=True, timeout=30,
+    )
+
+
+def _config_xml(host, user: str) -> str:
+    return host.check_output("python3 -c %s %s", FIND_CONFIG + "\nprint(d + '/config.xml')\n", user)
+
+
+def _options(host, user: str) -> dict:
+    """The <options> of the node's config.xml, read as root straight from the file."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(host.check_output("cat %s", _config_xml(host, user)))
+    options = root.find("options")
+    return {child.tag: child.text for child in options}
+
+
+def test_rest_api_refuses_a_local_account_without_the_key_or_password(dnas):
+    for name, data, t in dnas:
+        user = _user(data)
+        t.check_output(f"id {INTRUDER} >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin {INTRUDER}")
+        try:
+            config = _config_xml(t, user)
+            cat = t.run("runuser -u %s -- cat %s", INTRUDER, config)
+            assert cat.rc != 0 and "apikey" not in cat.stdout, f"{name}: {INTRUDER} can read {config}"
+            address = data.get("syncthing_gui_address", "127.0.0.1:8384")
+            scheme = "http" if address.startswith(("127.", "localhost:", "[::1]:")) else "https"
+
+            def status(path: str, creds: str = "") -> int:
+                # The credentials reach the node in a root-only file, never on a command line.
+                _put_private(data, creds, CREDS)
+                base = f"{scheme}://{address}"
+                out = t.check_output(f"runuser -u {INTRUDER} -- python3 -c {shlex.quote(_AS_INTRUDER)} {base} {path} < {CREDS}")
+                return int(out)
+
+            for path in ("/rest/config", "/rest/system/status", "/rest/config/devices"):
+                assert status(path) in (401, 403), f"{name}: {path} answers {INTRUDER} without a key or password"
+                assert status(path, "homecloud:wrong-password") in (401, 403), f"{name}: {path} accepts a wrong password"
+            # The password of the inventory opens it (the refusals above are the password's).
+            with_password = status("/rest/system/status", "homecloud:" + data["syncthing_gui_password"])
+            assert with_password == 200, f"{name}: the GUI password of the inventory does not open the REST API ({with_password})"
+        finally:
+            t.run(f"userdel {INTRUDER}; rm -f {CREDS}")
+
+
+def test_internet_features_off_by_default(dnas):
+    for name, data, t in dnas:
+        assert not data.get("syncthing_internet"), "the lab inventory turns syncthing_internet on"
+        options = _options(t, _user(data))
+        for key in INTERNET_OPTIONS + ("crashReportingEnabled",):
+            assert options.get(key) == "false", f"{name}: {key} is {options.get(key)} in config.xml"
+        assert options.get("urAccepted") == "-1", f"{name}: usage reporting is {options.get('urAccepted')}"
+        assert options.get("localAnnounceEnabled") == "true", f"{name}: LAN discovery is off"
+
+
+@pytest.mark.destructive
+def test_internet_switch_turns_discovery_relays_and_nat_on(dnas, pyinfra_run):
+    (a, adata, at) = dnas[0]
+    try:
+        on = pyinfra_run("deploys/dnas.py", "--limit", a, "--data", "syncthing_internet=True")
+        assert on["returncode"] == 0 and not results.errors(on), results.summary(on)
+        options = _options(at, _user(adata))
+        assert all(options.get(key) == "true" for key in INTERNET_OPTIONS), options
+        assert options.get("crashReportingEnabled") == "false" and options.get("urAccepted") == "-1", options
+    finally:
+        off = pyinfra_run("deploys/dnas.py", "--limit", a)
+    assert off["returncode"] == 0 and not results.errors(off), results.summary(off)
+    assert all(_options(at, _user(adata)).get(key) == "false" for key in INTERNET_OPTIONS)

@@ -350,7 +350,8 @@ def test_inventory_matches_the_lab(lab_api, inventory_hosts):
         assert data["node_interface"] == n["interface"] == "host0"
         assert data["vip"] == lab_api.vip() and data["network_prefix"] == lab_api.prefix()
         assert set(n["groups"]) <= set(by_name[n["name"]]["groups"])
-        assert data["nfs_exports"][0]["networks"] == [lab_api.subnet()]
+        # NFS read-write to the controller (the tests' client) only.
+        assert data["nfs_exports"][0]["networks"] == [f"{lab_api.controller_ip()}/32"]
         assert data["k3s_install"] == "off" and data["longhorn_enabled"] is False
         if "dnas" in n["groups"]:
             assert data["dnas_device"] == "LABEL=homecloud-data"

@@ -15,6 +15,7 @@ NFS on the dnas nodes, proven from the controller with a real userspace NFS clie
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -100,8 +101,14 @@ def nfs_write(ip: str, path: str, version: int, text: str, wait: float = GRACE_W
             time.sleep(3)
 
 
-def nfs_read(ip: str, path: str, name: str, version: int) -> str:
-    proc = nfs("nfs-cat", url(ip, path, name, version))
+def nfs_read(ip: str, path: str, name: str, version: int, wait: float = GRACE_WAIT) -> str:
+    """The file's text; retried while the server is in its grace period (NFSv4 opens wait)."""
+    deadline = time.monotonic() + wait
+    while True:
+        proc = nfs("nfs-cat", url(ip, path, name, version))
+        if proc.returncode == 0 or "GRACE" not in proc.stdout + proc.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -251,7 +258,8 @@ def test_client_outside_the_allowed_networks_is_refused(nas, pyinfra_run):
     # Before: this controller is allowed (the inventory's networks).
     assert nfs_list_allowed(ip, path, 3), f"{path} is not reachable before the test"
 
-    elsewhere = [dict(e, networks=[OTHER_SUBNET]) for e in exports]
+    # Read-only there: a read-write export to a subnet of a Samba share's folder is refused by the validation.
+    elsewhere = [dict(e, networks=[OTHER_SUBNET], read_only=True) for e in exports]
     try:
         result = pyinfra_run("deploys/nfs.py", "--limit", spec.name, "--data", "nfs_exports=" + json.dumps(elsewhere))
         assert not [op for op in result["results"]["operations"] if op["error"]]
@@ -270,6 +278,111 @@ def test_client_outside_the_allowed_networks_is_refused(nas, pyinfra_run):
     # After: the inventory's networks again - the same client gets in over v3 and v4.
     assert nfs_list_allowed(ip, path, 3)
     assert nfs_list_allowed(ip, path, 4)
+
+
+def refused_samba_user(spec) -> tuple[str, str, str] | None:
+    """(share, user, password): a Samba user the inventory keeps out of a share (valid_users)."""
+    users = spec.data.get("samba_users") or {}
+    for share in spec.data.get("samba_shares") or []:
+        outside = sorted(set(users) - set(share.get("valid_users") or users))
+        if outside:
+            return share, outside[0], users[outside[0]]
+    return None
+
+
+def smbclient_as(spec, share: str, user: str, password: str, commands: str, cwd: str):
+    fd, auth = tempfile.mkstemp(prefix="hc-smb-auth-")
+    with os.fdopen(fd, "w") as f:
+        f.write(f"username = {user}\npassword = {password}\n")
+    try:
+        return subprocess.run(["smbclient", f"//{node_ip(spec)}/{share}", "-A", auth, "-c", commands], capture_output=True, text=True, timeout=60, cwd=cwd)
+    finally:
+        os.unlink(auth)
+
+
+def nfs_write_refused(ip: str, path: str, version: int, uid: int, wait: float = GRACE_WAIT) -> str:
+    """nfs-cp as `uid` must fail for a read-only export (retried while the server is in its
+    grace period, so the refusal is the export's, not the restart's); the client's output."""
+    deadline = time.monotonic() + wait
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "payload.txt"
+        local.write_text("must not land\n")
+        while True:
+            target = f"nfs://{ip}{path.rstrip('/')}/hc-nfs-v{version}-refused.txt?uid={uid}&gid={uid}" + ("&version=4" if version == 4 else "")
+            proc = nfs("nfs-cp", str(local), target)
+            out = proc.stdout + proc.stderr
+            assert proc.returncode != 0, f"a write over v{version} to the read-only {path} succeeded"
+            if "ROFS" in out or "ACCES" in out or "Read-only" in out or "Permission denied" in out:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nfs-cp over v{version} failed, but not as a read-only refusal: {out}")
+            time.sleep(3)
+
+
+@pytest.mark.destructive
+def test_default_export_is_read_only_and_keeps_a_samba_refused_user_out(nas, pyinfra_run, tmp_path):
+    """The schema's default export (only its networks pointed at the lab: 192.168.1.0/24 is not
+    here): readable, but no write over v3 or v4, whatever uid the client claims - a user Samba
+    keeps out of the folder (bob on `data`) cannot change it through NFS either."""
+    from homecloud.layers.nfs import LAYER
+
+    spec, host = nas[0]
+    ip = node_ip(spec)
+    default = LAYER.default("nfs_exports")
+    assert all(export.get("read_only", True) for export in default), default
+    lab_net = str(ipaddress.ip_interface(f"{ip}/{spec.data['network_prefix']}").network)
+    exports = [dict(export, networks=[lab_net]) for export in default]
+    keeper = f"hc-nfs-keep-{uuid.uuid4().hex[:8]}.txt"
+    path = export_path(spec, exports[0])
+    host.check_output(f"printf 'kept\\n' > {join(path, keeper)} && chown {spec.data['dnas_uid']}:{spec.data['dnas_gid']} {join(path, keeper)}")
+    try:
+        result = pyinfra_run("deploys/nfs.py", "--limit", spec.name, "--data", "nfs_exports=" + json.dumps(exports))
+        assert not [op for op in result["results"]["operations"] if op["error"]]
+        clients = effective_exports(spec, host)[path]["clients"]
+        assert clients.keys() == {lab_net} and clients[lab_net]["access"] == "ro", clients
+
+        refused = refused_samba_user(spec)
+        assert refused, "the lab inventory has no Samba user kept out of a share"
+        share, user, password = refused
+        assert normpath(join(spec.data["dnas_path"], share["path"])) == path, "the refused user's share is not the default export's folder"
+        (tmp_path / "bob.txt").write_text("bob was here\n")
+        smb = smbclient_as(spec, share["name"], user, password, "put bob.txt", str(tmp_path))
+        # Refused: not a valid user of the share (or, after tests/lab/test_secrets.py rotated a
+        # password this session's inventory data does not know yet, a failed logon).
+        out = smb.stdout + smb.stderr
+        assert smb.returncode != 0 and ("NT_STATUS_ACCESS_DENIED" in out or "NT_STATUS_LOGON_FAILURE" in out), out
+
+        bob_uid = int(host.check_output(f"id -u {user} 2>/dev/null || echo 4242"))
+        for version in (3, 4):
+            assert nfs_list_allowed(ip, path, version), f"the default export {path} is not readable over v{version}"
+            assert nfs_read(ip, path, keeper, version) == "kept\n"
+            for uid in (bob_uid, 0, spec.data["dnas_uid"]):
+                nfs_write_refused(ip, path, version, uid)
+        assert not host.run(f"ls {path}/hc-nfs-v*-refused.txt").stdout.strip()
+        assert host.file(join(path, keeper)).content_string == "kept\n"
+    finally:
+        host.run(f"rm -f {join(path, keeper)} {path}/hc-nfs-v*-refused.txt")
+        pyinfra_run("deploys/nfs.py", "--limit", spec.name)
+    assert nfs_list_allowed(ip, path, 3)
+
+
+def test_helper_services_listen_on_the_fixed_ports(nas):
+    """rpcinfo on each node: MOUNT, NLM and statd registered on nfs_mountd_port, nfs_lockd_port
+    and nfs_statd_port (TCP; UDP where the service offers it); no rquota service."""
+    for spec, host in nas:
+        registered = set()
+        for line in host.check_output("/usr/sbin/rpcinfo -p").splitlines()[1:]:
+            fields = line.split()
+            registered.add((fields[4], fields[2], int(fields[3])))
+        wanted = {
+            "mountd": spec.data["nfs_mountd_port"],
+            "nlockmgr": spec.data["nfs_lockd_port"],
+            "status": spec.data["nfs_statd_port"],
+        }
+        for service, port in wanted.items():
+            ports = {p for s, proto, p in registered if s == service and proto == "tcp"}
+            assert ports == {port}, f"{spec.name}: {service} is registered on TCP {ports}, not {port}: {sorted(registered)}"
+        assert not [r for r in registered if r[0] == "rquotad"], f"{spec.name}: rquotad is registered"
 
 
 def kernel_nfsd(host) -> bool:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import struct
 import subprocess
 import tempfile
 import uuid
@@ -51,9 +53,9 @@ def allowed_users(spec, share) -> list[str]:
 # --- smbclient --------------------------------------------------------------------------------
 
 
-def smbclient(ip: str, share: str, commands: str, user: str | None = None, password: str | None = None, cwd=None):
+def smbclient(ip: str, share: str, commands: str, user: str | None = None, password: str | None = None, cwd=None, options=()):
     """Run smbclient; the credentials go in a 0600 authentication file, never in argv."""
-    args = ["smbclient", f"//{ip}/{share}", "-c", commands]
+    args = ["smbclient", f"//{ip}/{share}", "-c", commands, *options]
     auth = None
     try:
         if user is None:
@@ -129,6 +131,88 @@ def test_each_user_lists_puts_and_gets_a_file_in_each_share(nas, tmp_path):
 
                 deleted = smbclient(ip, share["name"], f"del {name}", user, passwords[user])
                 assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+
+
+def smb2_negotiate(ip: str, dialects: list[int]) -> tuple[int, int, int] | None:
+    """One SMB2 NEGOTIATE (signing enabled, not required; no SMB 3.1.1 contexts) to port 445:
+    (NT status, the server's SecurityMode, the dialect it chose), or None when it hangs up."""
+    body = struct.pack("<HHHHI16s8s", 36, len(dialects), 0x01, 0, 0, uuid.uuid4().bytes, b"\0" * 8)
+    body += b"".join(struct.pack("<H", d) for d in dialects)
+    header = b"\xfeSMB" + struct.pack("<HHIHHIIQIIQ16s", 64, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, b"\0" * 16)
+    packet = header + body
+    with socket.create_connection((ip, 445), timeout=10) as sock:
+        sock.sendall(struct.pack(">I", len(packet)) + packet)
+        data = b""
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">I", data[:4])[0]:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+    reply = data[4:]
+    (status,) = struct.unpack_from("<I", reply, 8)
+    if status != 0:
+        return status, 0, 0
+    _size, security_mode, dialect = struct.unpack_from("<HHH", reply, 64)
+    return status, security_mode, dialect
+
+
+def _first_login(spec):
+    """(share, user, password) of a share and a user allowed in it."""
+    passwords = spec.data.get("samba_users") or {}
+    for share in spec.data.get("samba_shares") or []:
+        for user in allowed_users(spec, share):
+            return share["name"], user, passwords[user]
+    pytest.skip("no Samba share with a user in this inventory")
+
+
+def test_old_dialects_and_unsigned_clients_are_refused_encryption_is_offered(nas):
+    for spec, host in nas:
+        ip = node_ip(spec)
+        share, user, password = _first_login(spec)
+        plain = smbclient(ip, share, "ls", user, password)
+        assert plain.returncode == 0, plain.stdout + plain.stderr
+        smb1 = smbclient(ip, share, "ls", user, password, options=["--option=client min protocol=NT1", "-m", "NT1"])
+        assert smb1.returncode != 0 and "NT_STATUS_" in smb1.stdout + smb1.stderr, f"{spec.name} serves SMB1: {smb1.stdout}{smb1.stderr}"
+        smb202 = smbclient(ip, share, "ls", user, password, options=["--option=client min protocol=SMB2_02", "-m", "SMB2_02"])
+        assert smb202.returncode != 0, f"{spec.name} serves SMB 2.0.2: {smb202.stdout}{smb202.stderr}"
+        # smbclient signs SMB2+ whatever "client signing" says when the server requires it, so
+        # the server's own answer is read: a raw SMB2 NEGOTIATE, as a client offering signing
+        # but not requiring it. The server must answer "signing required" (the client must then
+        # sign every request, or be refused), and pick no 2.0.2 dialect.
+        status, security_mode, dialect = smb2_negotiate(ip, [0x0210, 0x0300, 0x0302])
+        assert status == 0 and dialect in (0x0210, 0x0300, 0x0302), (hex(status), dialect)
+        assert security_mode & 0x02, f"{spec.name} does not require signing (SMB2 SecurityMode {security_mode:#x})"
+        only_202 = smb2_negotiate(ip, [0x0202])
+        assert only_202 is None or only_202[0] != 0, f"{spec.name} negotiates SMB 2.0.2: {only_202}"
+        unsigned = smbclient(ip, share, "ls", user, password, options=["--option=client signing=disabled", "-m", "SMB2"])
+        assert unsigned.returncode == 0, "smbclient (which signs anyway) failed: " + unsigned.stdout + unsigned.stderr
+        sealed = smbclient(ip, share, "ls", user, password, options=["--option=client smb encrypt=required"])
+        assert sealed.returncode == 0, f"{spec.name} does not offer SMB3 encryption: {sealed.stdout}{sealed.stderr}"
+        want = spec.data.get("samba_encrypt", "desired")
+        signing = host.check_output("testparm -s --parameter-name='server signing' 2>/dev/null").lower()
+        encrypt = host.check_output("testparm -s --parameter-name='server smb encrypt' 2>/dev/null").lower()
+        assert signing in ("mandatory", "required") and encrypt == want, (signing, encrypt)
+
+
+def test_no_homes_or_printers_and_no_netbios(nas):
+    for spec, host in nas:
+        share, user, password = _first_login(spec)
+        fd, auth = tempfile.mkstemp(prefix="hc-smb-auth-")
+        with os.fdopen(fd, "w") as f:
+            f.write(f"username = {user}\npassword = {password}\n")
+        try:
+            listing = subprocess.run(["smbclient", "-L", f"//{node_ip(spec)}", "-A", auth], capture_output=True, text=True, timeout=60)
+            home = subprocess.run(["smbclient", f"//{node_ip(spec)}/{user}", "-A", auth, "-c", "ls"], capture_output=True, text=True, timeout=60)
+        finally:
+            os.unlink(auth)
+        assert listing.returncode == 0, listing.stdout + listing.stderr
+        names = {line.split()[0].lower() for line in listing.stdout.splitlines() if line.startswith("\t") and line.split()}
+        assert share.lower() in names, f"{spec.name}: {share} is not listed: {listing.stdout}"
+        assert not names & {"homes", "printers", "print$", user}, f"{spec.name} lists Debian's default shares: {listing.stdout}"
+        assert home.returncode != 0, f"{spec.name}: {user} gets a [homes] share: {home.stdout}"
+        if not spec.data.get("samba_netbios"):
+            assert host.run("systemctl is-active --quiet nmbd").rc != 0, f"{spec.name}: nmbd runs"
+            assert not host.run("ss -Hltnu '( sport = :139 or sport = :137 or sport = :138 )'").stdout.strip(), f"{spec.name}: a NetBIOS port is open"
 
 
 def test_guest_is_refused(nas):
