@@ -536,7 +536,7 @@ BAD = {
     ),
     "platform_nfs_export_missing": (
         lambda ns: set_all(ns, platform_backup_target="nfs://pi1/longhorn-backup"),
-        "pi1: platform_backup_target: pi1 has no NFS export `longhorn-backup` (its nfs_exports: data). Fix: add",
+        "pi1: platform_backup_target: pi1 has no NFS export `longhorn-backup` (its nfs_exports: data, data/scans, public). Fix: add",
     ),
     "platform_nfs_not_dnas": (
         lambda ns: set_all(ns, platform_backup_target="nfs://pi3/data"),
@@ -906,6 +906,12 @@ NEXTCLOUD = {
     ],
     "nextcloud_dump_node": "pi1",
     "nextcloud_dump_path": "data/backups/nextcloud-db",
+    # Nextcloud's pods mount the dnas folders over NFS from any k3s node: read-write to those
+    # nodes only (the default export is read-only).
+    "nfs_exports": [
+        {"path": "data", "networks": [f"192.168.1.{n}/32" for n in (11, 12, 13, 14)], "read_only": False},
+        {"path": "public", "networks": ["192.168.1.0/24"], "read_only": False},
+    ],
 }
 
 

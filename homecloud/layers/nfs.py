@@ -43,10 +43,15 @@ def _samba_restricted(data: dict, path: str) -> list[str]:
     ]
 
 
+def writable(export: dict) -> bool:
+    """An export is read-write only when it says read_only = False (read-only when not given)."""
+    return export.get("read_only", True) is False
+
+
 def _check_unauthenticated_write(err, spec, export: dict, networks: list) -> None:
     """A read-write export to a whole subnet lets anyone there write, as any uid, a folder Samba
     only opens to named users with a password (and Syncthing replicates what they delete)."""
-    if export.get("read_only", True) is not False or export.get("unauthenticated_write") is True:
+    if not writable(export) or export.get("unauthenticated_write") is True:
         return
     subnets = [str(net) for net in networks if net.prefixlen < net.max_prefixlen]
     shares = _samba_restricted(spec.data, export["path"])

@@ -29,6 +29,8 @@ from homecloud.run import this_run
 from homecloud.schema import Cluster, HostSpec, Key, Kind, Layer, Section, count, flag, is_secret_bad, node_ip
 from operations import platform as platform_ops, secrets as secrets_ops
 
+from .nfs import writable as nfs_writable
+
 SERVERS = ("k3s_servers",)
 NFS_TARGET_RE = re.compile(r"nfs://(?P<node>[A-Za-z0-9][A-Za-z0-9_.-]*)/(?P<path>\S+)")
 LOCAL_ONLY_DOMAINS = ("home.arpa", "local", "lan", "internal", "localhost")
@@ -280,8 +282,8 @@ def _check_target(err, cluster: Cluster, first: HostSpec, target: str) -> None:
     exports = spec.data.get("nfs_exports") if spec.data.get("nfs_enabled", True) else []
     paths = {normpath(e["path"]): e for e in exports or [] if isinstance(e, dict) and isinstance(e.get("path"), str)}
     if path not in paths:
-        err(first.name, "platform_backup_target", f"{node} has no NFS export `{path}` (its nfs_exports: {', '.join(sorted(paths)) or 'none'})", f'add {{"path": "{path}", "networks": [<the LAN>], "read_only": False}} to {node}\'s nfs_exports, or name an existing export')
-    elif paths[path].get("read_only"):
+        err(first.name, "platform_backup_target", f"{node} has no NFS export `{path}` (its nfs_exports: {', '.join(sorted(paths)) or 'none'})", f'add {{"path": "{path}", "networks": [<each k3s node address>/32], "read_only": False}} to {node}\'s nfs_exports, or name an existing export')
+    elif not nfs_writable(paths[path]):
         err(first.name, "platform_backup_target", f"{node}'s export `{path}` is read-only: Longhorn cannot write backups there", f"set read_only = False on that export, or add one for backups")
 
 

@@ -28,6 +28,7 @@ from homecloud.schema import GROUPS, Cluster, Entries, Key, Kind, Layer, Section
 from operations import platform as platform_ops, secrets as secrets_ops
 
 from .common import folder_levels, owned_folders
+from .nfs import writable as nfs_writable
 
 STORAGES = Entries(
     "storage",
@@ -46,7 +47,7 @@ SAME_ON_EVERY_SERVER = (
 def _writable_export(spec, path: str):
     """The export of dnas node `spec` holding folder `path` (relative to dnas_path) read-write, or None."""
     for export in spec.data.get("nfs_exports") or []:
-        if isinstance(export, dict) and isinstance(export.get("path"), str) and nc.relative_inside(path, export["path"]) and not export.get("read_only"):
+        if isinstance(export, dict) and isinstance(export.get("path"), str) and nc.relative_inside(path, export["path"]) and nfs_writable(export):
             return export
     return None
 
