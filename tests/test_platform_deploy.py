@@ -51,9 +51,9 @@ def test_good_inventory_gives_both_addons_with_defaults():
 
 
 def test_nfs_target_names_a_dnas_export_and_becomes_its_address():
-    namespace = set_all(good_inventory(), platform_backup_target="nfs://pi2/data", platform_longhorn_replicas=2)
+    namespace = set_all(good_inventory(), platform_backup_target="nfs://pi2/public", platform_longhorn_replicas=2)
     settings = layer.settings_for(cluster_of(namespace))
-    assert settings.longhorn_backup_target == "nfs://192.168.1.12:/srv/dnas/data"
+    assert settings.longhorn_backup_target == "nfs://192.168.1.12:/srv/dnas/public"
     assert settings.longhorn_replicas == 2
 
 
