@@ -10,7 +10,7 @@ any host changes.
 
 from pyinfra import host, state
 
-from homecloud.layers import base, dnas, k3s, keepalived, longhorn
+from homecloud.layers import backup, base, dnas, k3s, keepalived, longhorn
 from homecloud.fingerprints import check_secrets
 from homecloud.model import check_state
 
@@ -25,3 +25,4 @@ keepalived.apply(state, host)  # the virtual IP on keepalived_group
 k3s.apply(state, host)  # k3s servers and agents
 longhorn.apply(state, host)  # Longhorn's host prerequisites
 dnas.apply(state, host)  # the NAS: disk, owner, Syncthing, then Samba and NFS
+backup.apply(state, host)  # restic backups of each node; the SFTP accounts on target nodes
