@@ -203,6 +203,8 @@ def units(settings: BackupSettings) -> dict[str, str]:
         "[Service]\nType=oneshot\n"
         f"ExecStart=/usr/bin/flock -n /run/homecloud-backup.unit.lock {backup_ops.WRAPPER} run\n"
         "Nice=10\nIOSchedulingClass=idle\n"
+        # A run that hangs (a full disk: restic retries its writes) fails the unit instead.
+        "TimeoutStartSec=6h\n"
     )
     check = (
         head + "[Unit]\nDescription=homecloud backup integrity check (restic check --read-data-subset)\n"
