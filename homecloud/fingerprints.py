@@ -22,7 +22,7 @@ rotation mark is cleared by the first run that finds every node holding the new 
 brand-new cluster (no node has the secret) gets its generated secrets.
 
 Secret names ("locations") are where the value sits in host data: ``keepalived_auth_pass``,
-``samba_users.<user>``, ``syncthing_gui_password``, ``k3s_token``.
+``samba_users.<user>``, ``syncthing_gui_password``, ``k3s_token``, ``backup_passphrase``.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def node_secrets(data: Any, groups) -> dict[str, str]:
                     found[f"samba_users.{user}"] = str(password)
         if get("syncthing_enabled", True) and get("syncthing_gui_password"):
             found["syncthing_gui_password"] = str(get("syncthing_gui_password"))
+    if get("backup_enabled", False) and get("backup_passphrase"):
+        found["backup_passphrase"] = str(get("backup_passphrase"))
     return found
 
 
@@ -75,6 +77,8 @@ def describe(location: str) -> str:
         return "the Syncthing GUI password"
     if location == "k3s_token":
         return "the k3s join token"
+    if location == "backup_passphrase":
+        return "the backup repositories' passphrase"
     return location
 
 
