@@ -513,6 +513,10 @@ BAD = {
         lambda ns: set_host(ns, "pi1", **BACKUP, backup_keep_daily=0),
         "pi1: backup_keep_daily: 0 keeps no daily snapshot",
     ),
+    "restore_target_typo": (
+        lambda ns: set_host(ns, "pi1", **BACKUP, restore_target="pi33"),
+        "pi1: restore_target: `pi33` is not one of backup_targets. Fix: did you mean `pi3`?",
+    ),
     "backup_no_target": (
         lambda ns: set_host(ns, "pi1", **{**BACKUP, "backup_targets": []}),
         "pi1: backup_targets: backup_enabled is True but no target is given",

@@ -72,6 +72,10 @@ def check(err, cluster: Cluster) -> None:
         subset = data.get("backup_check_subset")
         if isinstance(subset, str) and not SUBSET_RE.fullmatch(subset):
             err(spec.name, "backup_check_subset", f"`{subset}` is not a restic data subset", "write a percentage such as 5% or a part such as 1/7")
+        wanted = data.get("restore_target")
+        target_names = [t["name"] for t in targets]
+        if isinstance(wanted, str) and target_names and wanted not in target_names:
+            err(spec.name, "restore_target", f"`{wanted}` is not one of backup_targets", did_you_mean(wanted, target_names, f"use one of {', '.join(target_names)}"))
         seen = set()
         for target in targets:
             name, kind = target["name"], target["type"]
