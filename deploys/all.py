@@ -10,7 +10,7 @@ any host changes.
 
 from pyinfra import host, state
 
-from homecloud.layers import base, davsync, dnas, k3s, keepalived, longhorn, platform, services
+from homecloud.layers import backup, base, davsync, dnas, k3s, keepalived, longhorn, platform, services
 from homecloud.fingerprints import check_secrets
 from homecloud.model import check_state
 
@@ -28,3 +28,4 @@ dnas.apply(state, host)  # the NAS: disk, owner, Syncthing, then Samba and NFS
 platform.apply(state, host)  # the Kubernetes add-ons, applied by k3s (Traefik, Longhorn)
 services.apply(state, host)  # Nextcloud's manifest on the k3s servers (after the dnas: its NFS exports)
 davsync.apply(state, host)  # contacts and calendars <-> .vcf/.ics files in a Syncthing folder (vdirsyncer)
+backup.apply(state, host)  # restic backups of each node; the SFTP accounts on target nodes

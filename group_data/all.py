@@ -106,6 +106,12 @@ k3s_kubeconfig = "~/.kube/config"
 k3s_kubeconfig_context = "homecloud"
 # Seconds to wait for nodes Ready / kube-system deployments available.
 k3s_ready_timeout = 600
+# Cron schedule of k3s's etcd snapshots (etcd-snapshot-schedule-cron); the backup layer saves them.
+k3s_etcd_snapshot_schedule = "0 */6 * * *"
+# Snapshots k3s keeps (etcd-snapshot-retention).
+k3s_etcd_snapshot_retention = 12
+# Where k3s writes them (etcd-snapshot-dir).
+k3s_etcd_snapshot_dir = "/var/lib/rancher/k3s/server/db/snapshots"
 
 # --- Longhorn host prerequisites (deploys/longhorn.py) ----------------------------------------
 longhorn_enabled = True
@@ -325,6 +331,61 @@ dav_sync_interval = "15min"
 # An item changed on both sides since the last run: "server wins" or "files win" (the other
 # version is overwritten).
 dav_sync_conflict = "server wins"
+
+# --- Backup (deploys/backup.py; restores: deploys/restore.py) ---------------------------------
+# True: this node backs up (needs backup_targets and backup_passphrase).
+backup_enabled = False
+# Where this node's backups go, one or more, each a restic repository:
+# {"name": "pi3", "type": "sftp", "host": "pi3"} (another inventory node: a restricted SFTP account is made there);
+# {"name": "offsite", "type": "sftp", "host": "203.0.113.7", "user": "hcbackup", "path": "pi1", "host_key": "ssh-ed25519 AAAA..."};
+# {"name": "usb", "type": "local", "device": "LABEL=backup", "path": "restic"} (mounted for the run only);
+# {"name": "cloud", "type": "s3", "url": "s3:https://s3.example.net/bucket/pi1"} (backup_s3_access_key/_secret_key).
+backup_targets = []
+# SECRET: the repositories' encryption passphrase. Keep a copy elsewhere: lose it, lose the backups.
+backup_passphrase = None
+# SECRET: for s3 targets.
+backup_s3_access_key = None
+# SECRET: for s3 targets.
+backup_s3_secret_key = None
+# Extra absolute paths to back up (the dnas data, Syncthing identity, Samba/NFS config,
+# etcd snapshots and Nextcloud dumps are included already).
+backup_paths = []
+# True: also back up Syncthing's .stversions folders and temporary files.
+backup_syncthing_versions = False
+# Nextcloud's database dumps, backed up when the folder exists.
+backup_nextcloud_dumps = "/var/backups/nextcloud"
+# systemd OnCalendar of the backup run (Persistent: a missed run happens at boot).
+backup_schedule = "*-*-* 02:30:00"
+# Seconds of random delay (nodes do not all start at once).
+backup_randomized_delay = 1800
+# Retention (restic forget --prune after each run).
+backup_keep_daily = 7
+backup_keep_weekly = 4
+backup_keep_monthly = 6
+# systemd OnCalendar of the integrity check.
+backup_check_schedule = "Sun *-*-* 04:00:00"
+# restic check --read-data-subset: the share of the data read back each check.
+backup_check_subset = "5%"
+# The restricted SFTP account on target nodes.
+backup_sftp_user = "hcbackup"
+# Its chroot on target nodes (one folder per client node).
+backup_sftp_root = "/srv/homecloud-backup"
+# True: write the status for node-exporter's textfile collector too.
+backup_monitoring = False
+
+# --- Restore (deploys/restore.py, with --data) ------------------------------------------------
+# Target to restore from (default the first of backup_targets).
+restore_target = None
+# restic snapshot id (homecloud-backup snapshots lists them).
+restore_snapshot = "latest"
+# Comma-separated paths of the snapshot to restore (default all).
+restore_paths = None
+# Folder to restore into (default <dnas_path>/restored-<snapshot>).
+restore_to = None
+# True: put files back where they were (never deletes; files newer than the snapshot are kept).
+restore_in_place = False
+# True: a rebuilt node: in place, Syncthing identity and config included.
+restore_node_replaced = False
 
 # --- Validation -------------------------------------------------------------------------------
 # pyinfra runs this file after the inventory file and before it connects: check the inventory

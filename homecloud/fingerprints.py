@@ -22,7 +22,7 @@ rotation mark is cleared by the first run that finds every node holding the new 
 brand-new cluster (no node has the secret) gets its generated secrets.
 
 Secret names ("locations") are where the value sits in host data: ``keepalived_auth_pass``,
-``samba_users.<user>``, ``syncthing_gui_password``, ``k3s_token``.
+``samba_users.<user>``, ``syncthing_gui_password``, ``k3s_token``, ``backup_passphrase``.
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def node_secrets(data: Any, groups) -> dict[str, str]:
         for key in ("nextcloud_admin_password", "nextcloud_db_password", "nextcloud_db_root_password", "nextcloud_redis_password"):
             if get(key):
                 found[key] = str(get(key))
+    if get("backup_enabled", False) and get("backup_passphrase"):
+        found["backup_passphrase"] = str(get("backup_passphrase"))
     return found
 
 
@@ -80,6 +82,8 @@ def describe(location: str) -> str:
         return "the Syncthing GUI password"
     if location == "k3s_token":
         return "the k3s join token"
+    if location == "backup_passphrase":
+        return "the backup repositories' passphrase"
     return location
 
 

@@ -221,6 +221,11 @@ def render_config(
     return header + yaml.safe_dump(config, default_flow_style=False, sort_keys=False)
 
 
+def etcd_snapshots(schedule: str, retention: int, snapshot_dir: str) -> dict[str, Any]:
+    """k3s's scheduled etcd snapshots (k3s_etcd_snapshot_*): config.yaml keys of a server."""
+    return {"etcd-snapshot-schedule-cron": schedule, "etcd-snapshot-retention": retention, "etcd-snapshot-dir": snapshot_dir}
+
+
 def render_registries(registries: dict[str, Any]) -> str:
     """registries.yaml from the k3s_registries dict (mirrors / configs)."""
     if not isinstance(registries, dict) or not set(registries) <= {"mirrors", "configs"}:

@@ -74,6 +74,14 @@ def _node(node):
     }
     if "dnas" in node["groups"]:
         data["dnas_device"] = "LABEL=homecloud-data"
+    if node["name"] == "node1":
+        # Backups (tests/lab/test_backup.py): over SFTP to node3, and to node1's spare disk.
+        data["backup_enabled"] = True
+        data["backup_passphrase"] = secret("backup_passphrase", length=32, store=_store)
+        data["backup_targets"] = [
+            {"name": "node3", "type": "sftp", "host": "node3"},
+            {"name": "spare", "type": "local", "device": "LABEL=homecloud-spare", "path": "restic"},
+        ]
     return (node["name"], data)
 
 

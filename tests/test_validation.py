@@ -42,6 +42,13 @@ CLUSTER = {
 }
 
 
+BACKUP = {
+    "backup_enabled": True,
+    "backup_passphrase": "Zk3vQ9pLw2xR8tYb6nHc",
+    "backup_targets": [{"name": "pi3", "type": "sftp", "host": "pi3"}],
+}
+
+
 def node(name, ip, **extra):
     return (name, {"ssh_hostname": ip, "node_ip": ip, **copy.deepcopy(CLUSTER), **extra})
 
@@ -516,6 +523,43 @@ BAD = {
     "samba_share_config": (
         lambda ns: set_all(ns, samba_shares=[{"name": "cfg", "path": ".config", "valid_users": ["alice"]}]),
         "pi1: samba_shares: path `.config` lies in dnas_path/.config",
+    ),
+    # Backups (homecloud/layers/backup.py).
+    "backup_local_on_data_disk": (
+        lambda ns: set_host(ns, "pi1", **{**BACKUP, "backup_targets": [{"name": "usb", "type": "local", "device": "LABEL=homecloud-data"}]}),
+        "pi1: backup_targets: target `usb`: LABEL=homecloud-data is the same disk as the data (dnas_device). Fix: use another disk",
+    ),
+    "backup_local_without_device": (
+        lambda ns: set_host(ns, "pi1", **{**BACKUP, "backup_targets": [{"name": "usb", "type": "local", "path": "/srv/backup"}]}),
+        "pi1: backup_targets: target `usb`: a local target without a device is on the same disk as the data",
+    ),
+    "backup_sftp_to_itself": (
+        lambda ns: set_host(ns, "pi1", **{**BACKUP, "backup_targets": [{"name": "self", "type": "sftp", "host": "pi1"}]}),
+        "pi1: backup_targets: target `self`: the SFTP target is this node itself. Fix: back up to another node",
+    ),
+    "backup_sftp_to_its_own_address": (
+        lambda ns: set_host(ns, "pi1", **{**BACKUP, "backup_targets": [{"name": "self", "type": "sftp", "host": "192.168.1.11", "host_key": "ssh-ed25519 AAAA"}]}),
+        "pi1: backup_targets: target `self`: the SFTP target is this node itself",
+    ),
+    "backup_sftp_unknown_node": (
+        lambda ns: set_host(ns, "pi1", **{**BACKUP, "backup_targets": [{"name": "n", "type": "sftp", "host": "pi33"}]}),
+        "pi1: backup_targets: target `n`: host `pi33` is not in the inventory and has no host_key. Fix: did you mean `pi3`?",
+    ),
+    "backup_passphrase_missing": (
+        lambda ns: set_host(ns, "pi1", **{**BACKUP, "backup_passphrase": None}),
+        "pi1: backup_passphrase: missing, too short or an example value. Fix: set it from the secret store",
+    ),
+    "backup_retention_zero": (
+        lambda ns: set_host(ns, "pi1", **BACKUP, backup_keep_daily=0),
+        "pi1: backup_keep_daily: 0 keeps no daily snapshot",
+    ),
+    "restore_target_typo": (
+        lambda ns: set_host(ns, "pi1", **BACKUP, restore_target="pi33"),
+        "pi1: restore_target: `pi33` is not one of backup_targets. Fix: did you mean `pi3`?",
+    ),
+    "backup_no_target": (
+        lambda ns: set_host(ns, "pi1", **{**BACKUP, "backup_targets": []}),
+        "pi1: backup_targets: backup_enabled is True but no target is given",
     ),
     # Stable device paths: /dev/disk/by-id/... is accepted, /dev/sdX still is not.
     "longhorn_bare_device": (
@@ -1071,3 +1115,12 @@ def test_nextcloud_folders_each_dnas_node_holds():
         "/srv/dnas/data/backups/nextcloud-db",
     )
     assert services._folders_on(config, "pi2", "/data") == (["/data/data", "/data/data/family"], None)
+
+
+def test_backup_to_another_node_and_a_usb_disk_passes():
+    namespace = good_inventory()
+    set_host(namespace, "pi1", **{**BACKUP, "backup_targets": [
+        {"name": "pi3", "type": "sftp", "host": "pi3"},
+        {"name": "usb", "type": "local", "device": "LABEL=backup"},
+    ]})
+    assert errors_of(namespace) == []

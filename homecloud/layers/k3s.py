@@ -138,6 +138,9 @@ LAYER = Layer(
             ("k3s_servers",),
         ),
         Key("k3s_ready_timeout", count(10, 7200), 600, "Seconds to wait for nodes Ready / kube-system deployments available.", K3S_GROUPS),
+        Key("k3s_etcd_snapshot_schedule", Kind(), "0 */6 * * *", "Cron schedule of k3s's etcd snapshots (etcd-snapshot-schedule-cron); the backup layer saves them.", ("k3s_servers",)),
+        Key("k3s_etcd_snapshot_retention", count(1, 1000), 12, "Snapshots k3s keeps (etcd-snapshot-retention).", ("k3s_servers",)),
+        Key("k3s_etcd_snapshot_dir", Kind(), "/var/lib/rancher/k3s/server/db/snapshots", "Where k3s writes them (etcd-snapshot-dir).", ("k3s_servers",)),
     ],
     reads=("vip", "longhorn_enabled"),
     check=check,
@@ -191,6 +194,8 @@ def k3s(
     server_names = list(servers)
     sans = [settings.vip] + server_names + list(servers.values())
     extra = dict(settings.k3s_server_config if role == "server" else settings.k3s_agent_config)
+    if role == "server":
+        extra = {**k3s_config.etcd_snapshots(settings.k3s_etcd_snapshot_schedule, settings.k3s_etcd_snapshot_retention, settings.k3s_etcd_snapshot_dir), **extra}
     registries = thawed(settings.k3s_registries)
 
     def node_ops(joining: bool, serial: bool, stop_if_failed: list[str]):
