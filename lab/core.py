@@ -163,7 +163,9 @@ def choose_subnet(instance: str) -> ipaddress.IPv4Network:
 
 
 def plan_nodes(count: int, arm64: bool) -> list[dict]:
-    """Node names, groups and disks: node1-3 servers (1 if fewer than 3 nodes), the rest agents."""
+    """Node names, groups and disks: node1-3 servers (1 if fewer than 3 nodes), the rest agents;
+    node1-2 dnas. The arm64 node (the boards homecloud is for are Raspberry Pis) is a k3s agent
+    and a dnas node with its own data disk, so every host layer runs on arm64 userland too."""
     if not 1 <= count <= MAX_NODES:
         raise LabError(f"--nodes must be 1-{MAX_NODES}")
     servers = 3 if count >= 3 else 1
@@ -175,7 +177,7 @@ def plan_nodes(count: int, arm64: bool) -> list[dict]:
         nodes.append({"name": f"node{i}", "index": i, "groups": groups, "arch": base.native_arch()})
     if arm64:
         i = count + 1
-        nodes.append({"name": f"node{i}", "index": i, "groups": ["k3s_agents"], "arch": "arm64"})
+        nodes.append({"name": f"node{i}", "index": i, "groups": ["k3s_agents", "dnas"], "arch": "arm64"})
     for node in nodes:
         roles = []
         if "dnas" in node["groups"]:
@@ -830,11 +832,16 @@ def _fresh_up(instance: str, nodes: int, arm64: bool, t0: float) -> dict:
     plan = plan_nodes(nodes, arm64)
     arches = sorted({n["arch"] for n in plan})
     bases, base_info = {}, {}
-    for arch in arches:
+
+    def ensure(arch: str) -> None:
         path, seconds, cached = base.ensure_base(arch, log_dir=folder / "logs")
         bases[arch] = str(path)
         base_info[arch] = {"seconds": round(seconds, 1), "cached": cached, "path": str(path)}
         log(f"base {arch}: {'cached' if cached else 'built'} ({seconds:.1f} s)")
+
+    # The bases of several architectures build at the same time (an arm64 debootstrap under
+    # qemu-user takes minutes; the amd64 one runs meanwhile, each through its own proxy).
+    _parallel([lambda a=a: ensure(a) for a in arches])
     t_nodes = time.monotonic()
     net = choose_subnet(instance)
     hosts = list(net.hosts())

@@ -108,7 +108,8 @@ def lab_inventory(request, lab_mode):
         from lab import api
 
         started = not api.is_up()
-        api.up(nodes=int(os.environ.get("HOMECLOUD_LAB_NODES", "4")))  # also restarts stopped nodes
+        # also restarts stopped nodes; HOMECLOUD_LAB_ARM64=1 adds an arm64 dnas node (qemu-user)
+        api.up(nodes=int(os.environ.get("HOMECLOUD_LAB_NODES", "4")), arm64=os.environ.get("HOMECLOUD_LAB_ARM64") == "1")
         try:
             yield REPO_ROOT / "inventories" / "lab.py"
         finally:

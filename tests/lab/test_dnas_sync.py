@@ -335,3 +335,29 @@ def test_internet_switch_turns_discovery_relays_and_nat_on(dnas, pyinfra_run):
         off = pyinfra_run("deploys/dnas.py", "--limit", a)
     assert off["returncode"] == 0 and not results.errors(off), results.summary(off)
     assert all(_options(at, _user(adata)).get(key) == "false" for key in INTERNET_OPTIONS)
+
+
+def test_arm64_dnas_node_runs_the_nas_and_syncs(dnas):
+    """The lab's arm64 node (HOMECLOUD_LAB_ARM64=1, qemu-user; CI's lab has it): arm64 packages,
+    the NAS services running, and a file from an amd64 node arrives there."""
+    arm = [(n, d, t) for n, d, t in dnas if d.get("node_arch") == "arm64"]
+    if not arm:
+        pytest.skip("no arm64 dnas node in this lab (HOMECLOUD_LAB_ARM64=1 adds one)")
+    name, data, t = arm[0]
+    assert t.check_output("dpkg --print-architecture") == "arm64"
+    user = _user(data)
+    units = [f"syncthing@{user}", "smbd"]
+    if data.get("nfs_enabled", True) and data.get("nfs_backend") == "ganesha":
+        units.append("nfs-ganesha")
+    for unit in units:
+        assert t.service(unit).is_running, f"{name}: {unit} is not running"
+        exe = t.check_output("readlink -f /proc/$(systemctl show -p MainPID --value %s)/exe", unit)
+        assert "aarch64" in t.check_output("file -L %s", exe), f"{name}: {unit} does not run an arm64 binary ({exe})"
+    (a, adata, at) = next(x for x in dnas if x[1].get("node_arch") != "arm64")
+    probe = f"arm-{uuid.uuid4().hex[:8]}.txt"
+    src, dst = posixpath.join(_folder_path(adata), probe), posixpath.join(_folder_path(data), probe)
+    at.check_output("runuser -u %s -- sh -c %s", _user(adata), f"echo to-arm > '{src}'")
+    took = _wait(f"{probe} from {a} on {name}", lambda: t.file(dst).exists and t.file(dst).content_string == "to-arm\n")
+    print(f"\nfile written on {a} appeared on the arm64 node {name} after {took:.2f} s")
+    at.check_output("rm -f %s", src)
+    _wait(f"delete of {probe} on {name}", lambda: not t.file(dst).exists)
