@@ -177,13 +177,18 @@ def _nextcloud_pod(core):
     return pods[0] if pods else None
 
 
+def _put_home_file(nc, prefix: str, body: bytes) -> str:
+    """A new file in the test user's own files (on Nextcloud's volume, not a dnas folder): its DAV path."""
+    url = f"/remote.php/dav/files/{nc['user']}/{prefix}-{uuid.uuid4().hex}.txt"
+    assert nc["as_user"]("PUT", url, data=body).status_code in (201, 204)
+    return url
+
+
 @pytest.mark.destructive
 def test_the_pod_deleted_comes_back_with_its_data(nc, lab_mode, inventory_hosts):
     if lab_mode != "vagrant":
         pytest.skip("deletes the Nextcloud pod: Vagrant lab only")
-    name = f"hc-keep-{uuid.uuid4().hex}.txt"
-    url = f"/remote.php/dav/files/{nc['user']}/{name}"
-    assert nc["as_user"]("PUT", url, data=b"kept\n").status_code in (201, 204)
+    url = _put_home_file(nc, "hc-keep", b"kept\n")
     core, _ = _kube(inventory_hosts)
     old = _nextcloud_pod(core)
     core.delete_namespaced_pod(old.metadata.name, "nextcloud")
@@ -218,9 +223,7 @@ def test_turning_nextcloud_off_keeps_its_volumes_and_on_again_its_data(nc, lab_m
     and turning it on again serves the file written before."""
     if lab_mode != "vagrant":
         pytest.skip("turns Nextcloud off and on: Vagrant lab only")
-    name = f"hc-off-on-{uuid.uuid4().hex}.txt"
-    url = f"/remote.php/dav/files/{nc['user']}/{name}"
-    assert nc["as_user"]("PUT", url, data=b"survives off and on\n").status_code in (201, 204)
+    url = _put_home_file(nc, "hc-off-on", b"survives off and on\n")
     core, apps = _kube(inventory_hosts)
 
     def claims():
