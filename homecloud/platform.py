@@ -743,11 +743,19 @@ def stage(
                 out.write("".join(f"{k}={v}\n" for k, v in pairs.items()))
             secret_files[key] = path
         write_overlays(settings, root / STAGE_OVERLAYS, secret_files, platform_dir=modules)
-        for top in (STAGE_MODULES, STAGE_OVERLAYS):
-            for path in sorted((root / top).rglob("*")):
-                if path.is_file():
-                    rel = path.relative_to(root).as_posix()
-                    files[rel] = StagedFile(path.read_text(), secret="/secrets/" in f"/{rel}")
+        files.update(read_stage(root))
+    return files
+
+
+def read_stage(root: Path) -> dict[str, StagedFile]:
+    """The files under root/modules and root/overlays as {relative path: StagedFile}; those in a
+    ``secrets`` folder are marked secret."""
+    files = {}
+    for top in (STAGE_MODULES, STAGE_OVERLAYS):
+        for path in sorted((Path(root) / top).rglob("*")):
+            if path.is_file():
+                rel = path.relative_to(root).as_posix()
+                files[rel] = StagedFile(path.read_text(), secret="/secrets/" in f"/{rel}")
     return files
 
 

@@ -134,6 +134,13 @@ PLATFORM_EXPECT: dict[str, dict[str, Any]] = {
     "monitoring": {"jobs": [("kube-system", "helm-install-kube-prometheus-stack")], "workloads": [], "namespaces": ["monitoring"]},
     "dashboard": {"jobs": [("kube-system", "helm-install-kubernetes-dashboard")], "workloads": [], "namespaces": ["kubernetes-dashboard"]},
     "portainer": {"jobs": [("kube-system", "helm-install-portainer")], "workloads": [], "namespaces": ["portainer"]},
+    # The services layer's Nextcloud (kubernetes/services/nextcloud/, no HelmChart, no install job):
+    # its Deployments by name (tests/test_services_deploy.py checks these are the module's workloads).
+    "nextcloud": {
+        "jobs": [],
+        "workloads": [("nextcloud", "Deployment", "mariadb"), ("nextcloud", "Deployment", "redis"), ("nextcloud", "Deployment", "nextcloud")],
+        "namespaces": [],
+    },
 }
 
 

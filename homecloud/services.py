@@ -6,6 +6,10 @@ kubernetes/services/nextcloud/, and its build (homecloud.platform.build: `kubect
     services.write_overlay(settings, "/tmp/overlay", secrets={"admin-password": ..., ...})
     text = services.build_overlay("/tmp/overlay")
 
+The deploy does not build here: `stage()` gives the module and the overlays as a tree that the
+services layer uploads to every k3s server and builds there with `k3s kubectl kustomize`, as the
+platform layer does (`build_overlay` and `kubectl_command` serve the offline tests and tools).
+
 The inventory's keys become these settings in homecloud/layers/services.py (dnas node names to
 addresses, folders relative to dnas_path to absolute export paths); everything here is plain
 data, so the offline tests build overlays without an inventory.
@@ -25,6 +29,7 @@ than CIFS.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import os
 import re
@@ -36,7 +41,7 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from homecloud import REPO_ROOT
-from homecloud.platform import PlatformError, build
+from homecloud.platform import STAGE_MODULES, STAGE_OVERLAYS, PlatformError, StagedFile, build, read_stage
 from homecloud.schema import is_ip
 
 SERVICES_DIR = REPO_ROOT / "kubernetes" / "services"
@@ -243,27 +248,36 @@ def storages_tsv(s: NextcloudSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_overlay(s: NextcloudSettings, dest: str | os.PathLike, secrets: Mapping[str, str], services_dir: Path = SERVICES_DIR) -> Path:
+def write_overlay(
+    s: NextcloudSettings,
+    dest: str | os.PathLike,
+    secrets: Mapping[str, str],
+    services_dir: Path = SERVICES_DIR,
+    folder_name: str = "nextcloud",
+    module_dir: Path | None = None,
+    without_data: bool = False,
+) -> Path:
     """
-    The Nextcloud overlay in dest/nextcloud/ over kubernetes/services/nextcloud; `secrets`
-    maps each key of SECRET_KEYS to its value. Returns the overlay folder. Raises PlatformError.
+    The Nextcloud overlay in dest/<folder_name>/ over kubernetes/services/nextcloud (or
+    `module_dir`); `secrets` maps each key of SECRET_KEYS to its value. `without_data`: the
+    Namespace and the PersistentVolumeClaims are left out of the build (`stage`: they are a
+    manifest of their own). Returns the overlay folder. Raises PlatformError.
     """
     problems = check(s)
     if problems:
         raise PlatformError("\n".join(problems))
     env = _secret_env(secrets)
-    folder = Path(dest) / "nextcloud"
+    folder = Path(dest) / folder_name
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    base = os.path.relpath(Path(services_dir) / "nextcloud", folder)
+    base = os.path.relpath(Path(module_dir) if module_dir else Path(services_dir) / "nextcloud", folder)
     _write_private(folder / "secrets" / "nextcloud.env", env)
-    docs = {
-        "deployment.yaml": _deployment_patch(s),
-        "pvc-html.yaml": _pvc_patch("nextcloud-html", s.storage_class, s.html_size_gi),
-        "pvc-db.yaml": _pvc_patch("mariadb-data", s.storage_class, s.db_size_gi),
-        "dump.yaml": _dump_patch(s),
-    }
+    docs = {"deployment.yaml": _deployment_patch(s)}
+    if not without_data:
+        docs["pvc-html.yaml"] = _pvc_patch("nextcloud-html", s.storage_class, s.html_size_gi)
+        docs["pvc-db.yaml"] = _pvc_patch("mariadb-data", s.storage_class, s.db_size_gi)
+    docs["dump.yaml"] = _dump_patch(s)
     for name, doc in docs.items():
         (folder / name).write_text(yaml.safe_dump(doc, default_flow_style=False, sort_keys=False))
     (folder / "storages.tsv").write_text(storages_tsv(s))
@@ -277,12 +291,100 @@ def write_overlay(s: NextcloudSettings, dest: str | os.PathLike, secrets: Mappin
         "secretGenerator": [{"name": SECRET_NAME, "namespace": NAMESPACE, "type": "Opaque", "envs": ["secrets/nextcloud.env"]}],
         "configMapGenerator": [{"name": "nextcloud-hooks", "namespace": NAMESPACE, "behavior": "merge", "files": ["storages.tsv"]}],
     }
+    if without_data:
+        kustomization["patches"] += [{"patch": yaml.safe_dump(_delete_patch(obj), default_flow_style=False)} for obj in data_objects(s, services_dir)]
     (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, default_flow_style=False, sort_keys=False))
     return folder
 
 
+# --- the tree a k3s server builds from (homecloud/layers/services.py) -----------------------------
+
+# Two k3s manifests, so that turning Nextcloud off never deletes its data: "nextcloud"
+# (homecloud-nextcloud.yaml) holds the Namespace and the PersistentVolumeClaims and is never
+# emptied by homecloud; "nextcloud-app" (homecloud-nextcloud-app.yaml) holds everything else and
+# becomes the empty manifest (homecloud.platform.tombstone) when Nextcloud is off, so k3s deletes
+# the workloads and keeps the volumes (deleting the Namespace would delete the claims in it).
+# The data keeps the add-on name the single manifest had, so the claims never change owner.
+DATA_ADDON = "nextcloud"
+APP_ADDON = "nextcloud-app"
+ADDONS = (DATA_ADDON, APP_ADDON)
+DATA_KINDS = ("Namespace", "PersistentVolumeClaim")
+STAGE_ROOT = "/var/lib/homecloud/services"
+
+
+def module_objects(services_dir: Path = SERVICES_DIR) -> list[dict]:
+    """The objects of kubernetes/services/nextcloud/ as written (every *.yaml but the kustomization)."""
+    objects = []
+    for path in sorted((Path(services_dir) / "nextcloud").glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            objects.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+    return objects
+
+
+def data_objects(s: NextcloudSettings, services_dir: Path = SERVICES_DIR) -> list[dict]:
+    """The Namespace and the PersistentVolumeClaims of the module, with the settings' class and sizes."""
+    sizes = {"nextcloud-html": s.html_size_gi, "mariadb-data": s.db_size_gi}
+    out = []
+    for obj in module_objects(services_dir):
+        if obj.get("kind") not in DATA_KINDS:
+            continue
+        obj = copy.deepcopy(obj)
+        if obj["kind"] == "PersistentVolumeClaim":
+            name = obj["metadata"]["name"]
+            if name not in sizes:
+                raise PlatformError(f"kubernetes/services/nextcloud: PersistentVolumeClaim {name} has no size key: add it to homecloud/services.py data_objects")
+            obj["metadata"]["namespace"] = NAMESPACE
+            obj["spec"]["storageClassName"] = s.storage_class
+            obj["spec"]["resources"]["requests"]["storage"] = f"{sizes[name]}Gi"
+        out.append(obj)
+    return out
+
+
+def _delete_patch(obj: dict) -> dict:
+    meta = {"name": obj["metadata"]["name"]}
+    if obj["kind"] != "Namespace":
+        meta["namespace"] = NAMESPACE
+    return {"$patch": "delete", "apiVersion": obj["apiVersion"], "kind": obj["kind"], "metadata": meta}
+
+
+def write_data_overlay(s: NextcloudSettings, folder: str | os.PathLike, services_dir: Path = SERVICES_DIR) -> Path:
+    """The overlay of the data manifest: the Namespace and the claims, labelled as the rest."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.yaml").write_text(yaml.safe_dump_all(data_objects(s, services_dir), default_flow_style=False, sort_keys=False))
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": ["data.yaml"],
+        "labels": [{"pairs": {"app.kubernetes.io/part-of": "homecloud"}, "includeSelectors": False}],
+    }
+    (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization, default_flow_style=False, sort_keys=False))
+    return folder
+
+
+def stage(s: NextcloudSettings, secrets: Mapping[str, str], services_dir: Path = SERVICES_DIR) -> dict[str, StagedFile]:
+    """
+    Every file a k3s server needs to build Nextcloud's two manifests, as {relative path:
+    StagedFile} (homecloud.platform.stage's layout): ``modules/nextcloud-app/`` (the module as
+    in the repository), ``overlays/nextcloud-app/`` (`write_overlay` without the data, the
+    secrets env file marked secret) and ``overlays/nextcloud/`` (the Namespace and the claims).
+    The module sits under the app's name so that homecloud.platform.tree_digest of each add-on
+    covers every file its build reads. Nothing stays on the controller's disk.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="homecloud-services-") as tmp:
+        root = Path(tmp)
+        module = root / STAGE_MODULES / APP_ADDON
+        shutil.copytree(Path(services_dir) / "nextcloud", module)
+        write_overlay(s, root / STAGE_OVERLAYS, secrets, services_dir, folder_name=APP_ADDON, module_dir=module, without_data=True)
+        write_data_overlay(s, root / STAGE_OVERLAYS / DATA_ADDON, services_dir)
+        return read_stage(root)
+
+
 def build_overlay(folder: str | os.PathLike, kubectl: Sequence[str] | None = None) -> str:
-    """The overlay built with `kubectl kustomize` (the controller's kubectl unless given)."""
+    """The overlay built with `kubectl kustomize` (the controller's kubectl unless given): tests and
+    offline checks; the deploy builds on the k3s servers (`stage`)."""
     return build(folder, kubectl=tuple(kubectl) if kubectl else kubectl_command())
 
 

@@ -32,9 +32,20 @@ from operations.system import write_file
 
 STAGE_DIR = "/var/lib/homecloud/platform"
 K3S = "/usr/local/bin/k3s"
+# Add-ons whose removal deletes user data: homecloud never empties their manifest on its own.
 # Longhorn's chart refuses to uninstall unless its deleting-confirmation-flag setting is true, and
-# an uninstall deletes every volume: homecloud never does that on its own.
-KEEP_ON_DISABLE = ("longhorn",)
+# an uninstall deletes every volume. Nextcloud's data manifest (homecloud/services.py DATA_ADDON)
+# holds its namespace and volume claims; the services layer never disables it (only nextcloud-app).
+KEEP_ON_DISABLE = {
+    "longhorn": (
+        "that deletes every Longhorn volume. Move the data off its volumes, set Longhorn's "
+        "deleting-confirmation-flag setting to true and delete the HelmChart yourself"
+    ),
+    "nextcloud": (
+        "that deletes its volume claims (Nextcloud's files, config and database). Take a database dump "
+        "and a copy of the data, then delete the namespace nextcloud yourself"
+    ),
+}
 _REL = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 
 MANIFESTS_DIR = "/var/lib/rancher/k3s/server/manifests"
@@ -85,7 +96,7 @@ def manifests(manifests: dict[str, str], present: bool = True, manifests_dir: st
 
 
 @operation()
-def tree(files: dict[str, str | HiddenValue], secret_files: list[str] | None = None, root: str = STAGE_DIR):
+def tree(files: dict[str, str | HiddenValue], secret_files: list[str] | None = None, root: str = STAGE_DIR, present: bool = True):
     """
     The platform's kustomize tree (modules and overlays) in a root-only folder on a k3s server:
     every file 0600, the folder 0700; files not in ``files`` are removed (an overlay that no
@@ -96,6 +107,7 @@ def tree(files: dict[str, str | HiddenValue], secret_files: list[str] | None = N
     + secret_files: the paths of ``files`` that hold secrets: uploaded without passing through a
       command line or a world-readable temporary file
     + root: the folder
+    + present: False removes the folder and everything in it (``files`` must then be empty)
 
     **Example:**
 
@@ -103,6 +115,16 @@ def tree(files: dict[str, str | HiddenValue], secret_files: list[str] | None = N
 
         platform.tree(files={"overlays/traefik/kustomization.yaml": "..."}, secret_files=[])
     """
+    if not present:
+        if files or secret_files:
+            raise OperationError("present=False removes the whole folder: give no files")
+        if not posixpath.isabs(root) or posixpath.normpath(root).count("/") < 3:
+            raise OperationError(f"{root!r}: refusing to remove a folder that is not at least three levels deep")
+        if host.get_fact(PlatformFiles, root=root)["dir"] is None:
+            host.noop(f"{root} is absent")
+            return
+        yield StringCommand("rm", "-rf", "--", QuoteString(root))
+        return
     secret = set(secret_files or [])
     for rel in files:
         if not _REL.fullmatch(rel) or ".." in rel.split("/"):
@@ -187,9 +209,7 @@ def builds(
             if addon in KEEP_ON_DISABLE:
                 raise OperationError(
                     f"{path}: {addon} is deployed and now disabled; homecloud does not uninstall it, because "
-                    f"that deletes every Longhorn volume. Move the data off its volumes, set Longhorn's "
-                    f"deleting-confirmation-flag setting to true and delete the HelmChart yourself, then remove {path}; "
-                    f"or turn the add-on back on"
+                    f"{KEEP_ON_DISABLE[addon]}, then remove {path}; or turn the add-on back on"
                 )
             yield from write_file(path, empty, {"sha256": fact["manifest"], "mode": fact.get("mode") or "600"}, mode="600")
             changed = True

@@ -299,4 +299,4 @@ def test_wait_platform_missing_job_and_unknown_addon():
     assert result.jobs_pending == ["kube-system/helm-install-longhorn (not created yet)"]
     assert result.workloads_not_ready == ["longhorn-system (no workloads yet)"]
     with pytest.raises(ValueError, match="no readiness rule for add-on"):
-        readiness.wait_platform(["nextcloud"], 1, apis=lambda: (fake, fake))
+        readiness.wait_platform(["nextcloud", "wordpress"], 1, apis=lambda: (fake, fake))

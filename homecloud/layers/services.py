@@ -1,8 +1,16 @@
 """
-Layer 6, the services on k3s: Nextcloud (kubernetes/services/nextcloud/), its overlay written
-from the inventory (homecloud/services.py), built on the controller with `kubectl kustomize` and
-written as k3s's auto-deploy file /var/lib/rancher/k3s/server/manifests/homecloud-nextcloud.yaml
-(0600: it holds the Secret) on every k3s server, which applies it.
+Layer 6, the services on k3s: Nextcloud (kubernetes/services/nextcloud/), deployed the way the
+platform layer deploys its add-ons. On every k3s server: the module and an overlay written from
+the inventory (homecloud/services.py `stage`) are uploaded to /var/lib/homecloud/services (0700,
+files 0600; the secrets only in the overlay's secretGenerator env file, never on a command line),
+built there with `k3s kubectl kustomize` (the kustomize of the pinned, checksum-verified k3s: the
+controller needs no kubectl) and written 0600 to k3s's auto-deploy folder only when the build
+differs (operations/platform.py `tree` and `builds`, facts.platform.PlatformBuilds). Two
+manifests: homecloud-nextcloud.yaml (the Namespace and the PersistentVolumeClaims: Nextcloud's
+data) and homecloud-nextcloud-app.yaml (everything else). Turning Nextcloud off empties the app
+manifest (k3s deletes the workloads) and keeps the data manifest, so no volume is deleted by
+homecloud; the staged tree and its secrets are removed. The stage folder is not the platform's,
+so neither layer removes the other's files.
 
 The dnas reaches Nextcloud over NFS (in-tree `nfs` volumes): each entry of nextcloud_storages
 names a dnas node and a folder of one of its NFS exports; the database dumps go to
@@ -14,15 +22,13 @@ let every k3s node in (the kubelet mounts NFS from the node's own address).
 from __future__ import annotations
 
 import ipaddress
-import shutil
-import tempfile
 import weakref
 from posixpath import join, normpath
 
 from pyinfra.api import HiddenValue, deploy
-from pyinfra.operations import files
+from pyinfra.operations import files, python
 
-from homecloud import services as nc
+from homecloud import platform as hp, services as nc
 from homecloud.cluster import address, group_hosts
 from homecloud.schema import GROUPS, Cluster, Entries, Key, Kind, Layer, Section, check_entries, check_relative, count, did_you_mean, flag, is_ip, is_secret_bad, node_ip
 from operations import platform as platform_ops, secrets as secrets_ops
@@ -190,7 +196,16 @@ LAYER = Layer(
         ),
         Key("nextcloud_dump_schedule", Kind(), "30 2 * * *", "When the dump runs (cron, the cluster's time zone: UTC unless changed).", GROUPS),
         Key("nextcloud_dump_retain", count(1, 365), 7, "How many dumps are kept (the newest).", GROUPS),
+        Key(
+            "nextcloud_ready_timeout",
+            count(10, 7200),
+            1800,
+            "Seconds the deploy waits for Nextcloud, MariaDB and Redis to roll out (the first start pulls the\n"
+            "images and installs Nextcloud). Not waited for when k3s_install is \"off\" (no merged kubeconfig).",
+            GROUPS,
+        ),
     ],
+    reads=("k3s_install", "k3s_kubeconfig", "k3s_kubeconfig_context"),
     check=check,
 )
 
@@ -238,34 +253,51 @@ def secrets_of(config: ServicesSettings) -> dict[str, str]:
     return {name: getattr(config, key) for name, key in nc.SECRET_KEYS.items()}
 
 
-def build_manifest(settings_: nc.NextcloudSettings, secrets: dict[str, str]) -> str:
-    """The built YAML: the overlay written to a private temporary folder, built, removed."""
-    folder = tempfile.mkdtemp(prefix="homecloud-nextcloud-")  # 0700
-    try:
-        return nc.build_overlay(nc.write_overlay(settings_, folder, secrets))
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 @deploy("services")
-def services(settings: ServicesSettings, manifest: str | None, salt: str) -> None:
+def services(settings: ServicesSettings, staged: dict[str, hp.StagedFile] | None, salt: str, wait: bool) -> None:
     """
-    The services on one k3s server: Nextcloud's built manifest (`manifest`; None when
-    nextcloud_enabled is off, which removes the file) in k3s's auto-deploy folder, 0600.
+    The services on one k3s server: Nextcloud's tree (`staged`, homecloud.services.stage) uploaded,
+    built there with k3s's kustomize, its two manifests written when they changed; `wait` (the
+    first server, k3s managed by homecloud): readiness. `staged` None (nextcloud_enabled off): the
+    app manifest emptied (k3s deletes the workloads), the data manifest (volumes) kept, the tree
+    and its secrets removed.
     """
-    if manifest is None:
-        platform_ops.manifests(
-            name="Nextcloud is off: no homecloud-nextcloud.yaml (what it created stays in the cluster)",
-            manifests={"nextcloud": ""},
-            present=False,
+    if staged is None:
+        platform_ops.builds(
+            name="Nextcloud is off: homecloud-nextcloud-app.yaml emptied (k3s deletes the workloads; the volumes stay)",
+            digests={},
+            disabled=[nc.APP_ADDON],
+            root=nc.STAGE_ROOT,
         )
+        platform_ops.tree(name="Nextcloud is off: its kustomize tree and secrets removed", files={}, root=nc.STAGE_ROOT, present=False)
         return
-    platform_ops.manifests(name="Nextcloud manifest for k3s (homecloud-nextcloud.yaml, 0600)", manifests={"nextcloud": manifest})
+    platform_ops.tree(
+        name="Nextcloud: kustomize module and overlays (root-only)",
+        files={rel: (HiddenValue(f.text) if f.secret else f.text) for rel, f in staged.items()},
+        secret_files=[rel for rel, f in staged.items() if f.secret],
+        root=nc.STAGE_ROOT,
+    )
     secrets_ops.fingerprints(
         name="Fingerprints of Nextcloud's secrets (no secret stored)",
         salt=salt,
         secrets={key: HiddenValue(getattr(settings, key)) for key in SECRET_KEYS},
     )
+    platform_ops.builds(
+        name="Nextcloud: build with k3s kubectl kustomize, manifests for k3s (homecloud-nextcloud.yaml: volumes; -app: the rest)",
+        digests={addon: hp.tree_digest(staged, addon) for addon in nc.ADDONS},
+        root=nc.STAGE_ROOT,
+    )
+    if wait:
+        from homecloud.readiness import python_call_wait_platform
+
+        python.call(
+            name="Wait until Nextcloud, MariaDB and Redis are rolled out",
+            function=python_call_wait_platform,
+            kubeconfig=settings.k3s_kubeconfig,
+            context=settings.k3s_kubeconfig_context,
+            addons=["nextcloud"],
+            timeout=settings.nextcloud_ready_timeout,
+        )
 
 
 @deploy("services")
@@ -294,11 +326,11 @@ def _folders_on(config: ServicesSettings, node: str, dnas_path: str) -> tuple[li
     return list(dict.fromkeys(folders)), dump
 
 
-_BUILT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_STAGED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def apply(state, host) -> None:
-    """Nextcloud's dnas folders on the dnas nodes; its manifest on the k3s servers (built once per run)."""
+    """Nextcloud's dnas folders on the dnas nodes; its tree and manifests on the k3s servers (staged once per run)."""
     from homecloud.fingerprints import salt_for
 
     servers = group_hosts(state, "k3s_servers")
@@ -309,13 +341,14 @@ def apply(state, host) -> None:
     if host not in servers:
         return
     config = settings(host)
-    manifest = None
+    staged = None
     if config.nextcloud_enabled:
         dnas_nodes = {h.name: (address(h), h.data.get("dnas_path", "/srv/dnas")) for h in group_hosts(state, "dnas")}
         k3s_nodes = servers + group_hosts(state, "k3s_agents")
         wanted = nextcloud_settings(config, dnas_nodes, longhorn=any(h.data.get("longhorn_enabled", True) for h in k3s_nodes))
-        cached = _BUILT.get(state)
+        cached = _STAGED.get(state)
         if cached is None or cached[0] != (wanted, secrets_of(config)):
-            cached = _BUILT[state] = ((wanted, secrets_of(config)), build_manifest(wanted, secrets_of(config)))
-        manifest = cached[1]
-    services(config, manifest, salt=salt_for(state, host))
+            cached = _STAGED[state] = ((wanted, secrets_of(config)), nc.stage(wanted, secrets_of(config)))
+        staged = cached[1]
+    wait = staged is not None and host.name == servers[0].name and config.k3s_install != "off"
+    services(config, staged, salt=salt_for(state, host), wait=wait)

@@ -177,13 +177,18 @@ def _nextcloud_pod(core):
     return pods[0] if pods else None
 
 
+def _put_home_file(nc, prefix: str, body: bytes) -> str:
+    """A new file in the test user's own files (on Nextcloud's volume, not a dnas folder): its DAV path."""
+    url = f"/remote.php/dav/files/{nc['user']}/{prefix}-{uuid.uuid4().hex}.txt"
+    assert nc["as_user"]("PUT", url, data=body).status_code in (201, 204)
+    return url
+
+
 @pytest.mark.destructive
 def test_the_pod_deleted_comes_back_with_its_data(nc, lab_mode, inventory_hosts):
     if lab_mode != "vagrant":
         pytest.skip("deletes the Nextcloud pod: Vagrant lab only")
-    name = f"hc-keep-{uuid.uuid4().hex}.txt"
-    url = f"/remote.php/dav/files/{nc['user']}/{name}"
-    assert nc["as_user"]("PUT", url, data=b"kept\n").status_code in (201, 204)
+    url = _put_home_file(nc, "hc-keep", b"kept\n")
     core, _ = _kube(inventory_hosts)
     old = _nextcloud_pod(core)
     core.delete_namespaced_pod(old.metadata.name, "nextcloud")
@@ -209,3 +214,31 @@ def test_a_node_down_and_nextcloud_comes_back_elsewhere(nc, lab_mode, inventory_
         _wait("Nextcloud answers from there", lambda: nc["admin"]("GET", "/status.php").status_code == 200, timeout=900, interval=10)
     finally:
         subprocess.run(["vagrant", "up", node], cwd=REPO_ROOT, check=False, timeout=1800)
+
+
+@pytest.mark.destructive
+def test_turning_nextcloud_off_keeps_its_volumes_and_on_again_its_data(nc, lab_mode, pyinfra_run, inventory_hosts):
+    """nextcloud_enabled = False empties homecloud-nextcloud-app.yaml (k3s deletes the workloads)
+    and keeps homecloud-nextcloud.yaml (the Namespace and the claims): the same claims stay Bound,
+    and turning it on again serves the file written before."""
+    if lab_mode != "vagrant":
+        pytest.skip("turns Nextcloud off and on: Vagrant lab only")
+    url = _put_home_file(nc, "hc-off-on", b"survives off and on\n")
+    core, apps = _kube(inventory_hosts)
+
+    def claims():
+        return {p.metadata.name: (p.metadata.uid, p.status.phase) for p in core.list_namespaced_persistent_volume_claim("nextcloud").items}
+
+    before = claims()
+    assert {"nextcloud-html", "mariadb-data"} <= set(before)
+    try:
+        off = pyinfra_run("deploys/services.py", "--data", "nextcloud_enabled=False")
+        assert off["returncode"] == 0
+        _wait("the Nextcloud workloads deleted by k3s", lambda: not apps.list_namespaced_deployment("nextcloud").items, timeout=600, interval=5)
+        assert claims() == before, "the same claims, still Bound"
+    finally:
+        on = pyinfra_run("deploys/services.py")
+        assert on["returncode"] == 0
+    _wait("Nextcloud answers again", lambda: nc["admin"]("GET", "/status.php").status_code == 200, timeout=1800, interval=10)
+    assert nc["as_user"]("GET", url).content == b"survives off and on\n"
+    nc["as_user"]("DELETE", url)

