@@ -397,7 +397,7 @@ def platform(
             salt=salt,
             secrets={k: HiddenValue(v) for k, v in secrets.items()},
         )
-    platform_ops.builds(
+    built = platform_ops.builds(
         name="Platform: build with k3s kubectl kustomize, manifests for k3s's auto-deploy",
         digests={addon: hp.tree_digest(files, addon) for addon in enabled},
         disabled=disabled,
@@ -412,6 +412,8 @@ def platform(
             context=config.k3s_kubeconfig_context,
             addons=list(enabled),
             timeout=config.platform_ready_timeout,
+            # Only after a manifest changed: a no-op run makes no round trip to the API.
+            _if=built.did_change,
         )
 
 

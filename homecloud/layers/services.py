@@ -282,7 +282,7 @@ def services(settings: ServicesSettings, staged: dict[str, hp.StagedFile] | None
         salt=salt,
         secrets={key: HiddenValue(getattr(settings, key)) for key in SECRET_KEYS},
     )
-    platform_ops.builds(
+    built = platform_ops.builds(
         name="Nextcloud: build with k3s kubectl kustomize, manifests for k3s (homecloud-nextcloud.yaml: volumes; -app: the rest)",
         digests={addon: hp.tree_digest(staged, addon) for addon in nc.ADDONS},
         root=nc.STAGE_ROOT,
@@ -297,6 +297,8 @@ def services(settings: ServicesSettings, staged: dict[str, hp.StagedFile] | None
             context=settings.k3s_kubeconfig_context,
             addons=["nextcloud"],
             timeout=settings.nextcloud_ready_timeout,
+            # Only after a manifest changed: a no-op run makes no round trip to the API.
+            _if=built.did_change,
         )
 
 
