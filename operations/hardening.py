@@ -88,7 +88,7 @@ K3S_TCP = ["6443", "2379-2380", "10250"]
 K3S_UDP = ["8472", "51820-51821"]
 K3S_POD_NETWORKS = ["10.42.0.0/16", "10.43.0.0/16"]
 FIREWALL_SOURCES = {
-    "vrrp_peers", "k3s_nodes", "ingress", "syncthing_peers", "syncthing_networks", "smb_networks",
+    "vrrp_peers", "k3s_nodes", "api_networks", "ingress", "syncthing_peers", "syncthing_networks", "smb_networks",
     "nfs_networks", "nfs_ports", "extra_rules",
 }
 RULE_RE = re.compile(r"[^\n\r;{}#]+")
@@ -271,6 +271,7 @@ def render_firewall(ssh_networks: list[str], ssh_port: int = 22, **allowed) -> s
     if unknown:
         raise OperationError(f"unknown firewall arguments: {', '.join(sorted(unknown))}")
     vrrp_peers, k3s_nodes, ingress = allowed.get("vrrp_peers"), allowed.get("k3s_nodes"), allowed.get("ingress")
+    api_networks = allowed.get("api_networks")
     syncthing_peers, syncthing_networks = allowed.get("syncthing_peers"), allowed.get("syncthing_networks")
     smb_networks, nfs_networks, nfs_ports = allowed.get("smb_networks"), allowed.get("nfs_networks"), allowed.get("nfs_ports")
     extra_rules = allowed.get("extra_rules")
@@ -295,6 +296,7 @@ def render_firewall(ssh_networks: list[str], ssh_port: int = 22, **allowed) -> s
         cluster = list(k3s_nodes) + K3S_POD_NETWORKS
         rules += _from(cluster, "k3s_nodes", f"tcp dport {_ports(K3S_TCP)}")
         rules += _from(cluster, "k3s_nodes", f"udp dport {_ports(K3S_UDP)}")
+    rules += _from(api_networks, "api_networks", "tcp dport 6443") if api_networks else []
     if ingress:
         rules.append("tcp dport { 80, 443 } accept")
     if syncthing_peers or syncthing_networks:
@@ -328,6 +330,7 @@ def firewall(
     ssh_port: int = 22,
     vrrp_peers: list[str] | None = None,
     k3s_nodes: list[str] | None = None,
+    api_networks: list[str] | None = None,
     ingress: bool = False,
     syncthing_peers: list[str] | None = None,
     syncthing_networks: list[str] | None = None,
@@ -345,6 +348,7 @@ def firewall(
     + vrrp_peers: keepalived peers whose VRRP adverts (IP protocol 112) are let in
     + k3s_nodes: cluster node addresses allowed to the k3s ports (6443, 2379-2380, 10250 tcp;
       8472, 51820-51821 udp), together with the pod and service networks 10.42/16 and 10.43/16
+    + api_networks: who else may reach the Kubernetes API (6443) on a k3s server: kubectl users
     + ingress: open 80 and 443 to everyone (the k3s ingress)
     + syncthing_peers: Syncthing peers (22000 tcp/udp, 21027 udp)
     + syncthing_networks: other sources allowed to Syncthing (phones on the LAN)
@@ -382,7 +386,7 @@ def firewall(
             host.noop("the homecloud firewall is not installed")
         return
     text = render_firewall(
-        ssh_networks, ssh_port, vrrp_peers=vrrp_peers, k3s_nodes=k3s_nodes, ingress=ingress,
+        ssh_networks, ssh_port, vrrp_peers=vrrp_peers, k3s_nodes=k3s_nodes, api_networks=api_networks, ingress=ingress,
         syncthing_peers=syncthing_peers, syncthing_networks=syncthing_networks, smb_networks=smb_networks,
         nfs_networks=nfs_networks, nfs_ports=nfs_ports, extra_rules=extra_rules,
     )

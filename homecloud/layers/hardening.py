@@ -231,6 +231,8 @@ def firewall_args(state, host, config: HardeningSettings) -> dict:
     if host in k3s:
         args["k3s_nodes"] = [address(h) for h in k3s]
         args["ingress"] = True
+    if host in group_hosts(state, "k3s_servers"):
+        args["api_networks"] = args["ssh_networks"]  # kubectl from the controller, through the VIP
     if host in group_hosts(state, "dnas"):
         if config.syncthing_enabled:
             args["syncthing_peers"] = [address(h) for h in group_hosts(state, "dnas") if h != host]
