@@ -10,7 +10,7 @@ from pyinfra.api import FactBase, QuoteString, StringCommand
 
 class SshLogin(FactBase):
     """
-    The user this session runs as, how many keys its ``~/.ssh/authorized_keys`` holds (lines
+    The user this session logged in as (``$SUDO_USER`` under sudo), how many keys its ``~/.ssh/authorized_keys`` holds (lines
     that are neither blank nor comments; None when the file is missing or unreadable) and the
     method sshd accepted for this very connection (``publickey``, ``password``,
     ``keyboard-interactive/pam``; None when the journal does not tell: no journal, rotated,
@@ -29,7 +29,7 @@ class SshLogin(FactBase):
 
     def command(self) -> StringCommand:
         return StringCommand(
-            'u=$(id -un); echo "user $u";',
+            'u=${SUDO_USER:-$(id -un)}; echo "user $u";',
             'h=$(getent passwd "$u" | cut -d: -f6);',
             'if [ -r "$h/.ssh/authorized_keys" ]; then echo "keys $(grep -cEv \'^[[:space:]]*(#|$)\' "$h/.ssh/authorized_keys")"; fi;',
             "p=$$; while [ \"${p:-1}\" -gt 1 ]; do",
