@@ -10,7 +10,7 @@ any host changes.
 
 from pyinfra import host, state
 
-from homecloud.layers import backup, base, davsync, dnas, k3s, keepalived, longhorn, platform, services
+from homecloud.layers import backup, base, davsync, dnas, hardening, k3s, keepalived, longhorn, platform, services
 from homecloud.fingerprints import check_secrets
 from homecloud.model import check_state
 
@@ -21,6 +21,7 @@ check_secrets(state)
 # One layer per line, in order: pyinfra orders operations by the line numbers of the calls
 # that queued them.
 base.apply(state, host)  # host names, swap, time, kernel modules, sysctls, Raspberry Pi flags
+hardening.apply(state, host)  # sshd, host firewall, sysctls, security updates
 keepalived.apply(state, host)  # the virtual IP on keepalived_group
 k3s.apply(state, host)  # k3s servers and agents
 longhorn.apply(state, host)  # Longhorn's host prerequisites

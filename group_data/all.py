@@ -55,6 +55,45 @@ rpi_cgroup_flags = True
 # Reboot hosts whose boot flags changed, one at a time, and wait for them. False: only report.
 rpi_reboot = True
 
+# --- Host hardening (deploys/hardening.py) ----------------------------------------------------
+# The whole layer; each part has its own switch below.
+hardening_enabled = True
+# sshd: keys only (stops first if the deploying user does not log in with a key), modern
+# key exchange/ciphers/MACs/host keys, no forwarding, MaxAuthTries 3, LoginGraceTime 30,
+# MaxStartups 10:30:60 (/etc/ssh/sshd_config.d/00-homecloud.conf).
+hardening_ssh = True
+# True keeps password logins (not recommended).
+hardening_ssh_password_auth = False
+# PermitRootLogin: None = "prohibit-password" (key only) when ssh_user is root, "no" otherwise;
+# or "prohibit-password" / "no".
+hardening_ssh_root_login = None
+hardening_ssh_x11_forwarding = False
+hardening_ssh_agent_forwarding = False
+# ssh -L / -R port forwarding.
+hardening_ssh_tcp_forwarding = False
+# Host firewall (nftables table inet homecloud, loaded by homecloud-firewall.service): inbound
+# dropped except SSH, VRRP from the keepalived peers, k3s ports between cluster nodes, 80/443
+# on k3s nodes, Syncthing, SMB and NFS from their networks.
+hardening_firewall = True
+# Who may reach SSH (CIDRs). Empty: the LAN (node_ip/network_prefix). Must include your
+# controller, or the next deploy cannot connect.
+hardening_ssh_networks = []
+# Besides the dnas peers, who may reach Syncthing (22000, 21027/udp). Empty: the LAN (phones).
+hardening_syncthing_networks = []
+# More inbound rules, one nft rule each, e.g. "ip saddr 192.168.1.0/24 tcp dport 8080 accept".
+hardening_firewall_extra = []
+# Kernel/network sysctls (/etc/sysctl.d/60-homecloud-hardening.conf); ip_forward is left alone.
+hardening_sysctls = True
+# Install security updates every day (unattended-upgrades).
+hardening_unattended_upgrades = True
+# Origins unattended-upgrades installs from (Origins-Pattern); default: Debian's security archive only.
+hardening_upgrade_origins = ["origin=Debian,codename=${distro_codename}-security,label=Debian-Security"]
+# Reboot automatically when an update needs it. k3s servers are staggered by 30 minutes from
+# hardening_reboot_time (inventory order), so no two servers reboot in the same window.
+hardening_reboot = False
+# HH:MM of the first automatic reboot.
+hardening_reboot_time = "03:30"
+
 # --- keepalived: the virtual IP (deploys/keepalived.py) ---------------------------------------
 keepalived_enabled = True
 # The group whose hosts share the VIP (k3s_servers; "dnas" for a NAS-only cluster).

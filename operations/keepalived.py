@@ -136,6 +136,8 @@ def render_config(
         lines.append("    nopreempt")
     if peers:
         lines.append(f"    unicast_src_ip {unicast_src_ip}")
+        # Adverts from an address that is not one of the peers are dropped (issue 14).
+        lines.append("    check_unicast_src")
         lines.append("    unicast_peer {")
         lines += [f"        {peer}" for peer in peers]
         lines.append("    }")

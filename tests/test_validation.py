@@ -638,6 +638,34 @@ BAD = {
         lambda ns: set_all(ns, platform_snapshot_cron="daily"),
         "pi1: platform_snapshot_cron: 'daily'. Fix: five cron fields",
     ),
+    "hardening_bad_ssh_network": (
+        lambda ns: set_all(ns, hardening_ssh_networks=["192.168.1.0/33"]),
+        "pi1: hardening_ssh_networks: ['192.168.1.0/33'] are not networks",
+    ),
+    "hardening_bad_syncthing_network": (
+        lambda ns: set_all(ns, hardening_syncthing_networks=["lan"]),
+        "pi1: hardening_syncthing_networks: ['lan'] are not networks",
+    ),
+    "hardening_ssh_networks_not_a_list": (
+        lambda ns: set_all(ns, hardening_ssh_networks="192.168.1.0/24"),
+        "pi1: hardening_ssh_networks:",
+    ),
+    "hardening_extra_rule_breaks_out": (
+        lambda ns: set_all(ns, hardening_firewall_extra=["accept; } table ip x {"]),
+        "pi1: hardening_firewall_extra: `'accept; } table ip x {'` is not one nftables rule",
+    ),
+    "hardening_bad_reboot_time": (
+        lambda ns: set_all(ns, hardening_reboot_time="3am"),
+        "pi1: hardening_reboot_time: `3am` is not a time of day",
+    ),
+    "hardening_bad_origins": (
+        lambda ns: set_all(ns, hardening_upgrade_origins=[]),
+        "pi1: hardening_upgrade_origins: `[]` is not a list of origin patterns",
+    ),
+    "hardening_root_login_yes": (
+        lambda ns: set_all(ns, hardening_ssh_root_login="yes"),
+        "pi1: hardening_ssh_root_login: `yes` is not a PermitRootLogin value homecloud allows",
+    ),
 }
 
 

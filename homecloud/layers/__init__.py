@@ -15,9 +15,9 @@ from typing import Any, Mapping
 from homecloud import REPO_ROOT
 from homecloud.schema import Entries, Key, Kind, Layer, Section
 
-from . import backup, base, davsync, dnas, k3s, keepalived, longhorn, network, nfs, platform, samba, services
+from . import backup, base, davsync, dnas, hardening, k3s, keepalived, longhorn, network, nfs, platform, samba, services
 
-LAYERS: tuple[Layer, ...] = tuple(m.LAYER for m in (network, base, keepalived, k3s, longhorn, dnas, samba, nfs, platform, services, davsync, backup))
+LAYERS: tuple[Layer, ...] = tuple(m.LAYER for m in (network, base, hardening, keepalived, k3s, longhorn, dnas, samba, nfs, platform, services, davsync, backup))
 KEYS: dict[str, Key] = {key.name: key for layer in LAYERS for key in layer.keys}
 KINDS: dict[str, Kind] = {name: key.kind for name, key in KEYS.items()}
 ENTRIES: dict[str, Entries] = {name: key.entries for name, key in KEYS.items() if key.entries is not None}
