@@ -238,10 +238,13 @@ def backup(settings: BackupSettings, node_name: str, targets: list[dict], known:
     target descriptions (`repository`), `known` address -> host key (or "host:<name>") of SFTP
     targets, `clients` the nodes that back up to this one over SFTP (it gets the account).
     """
-    # The client keys first (pyinfra runs operations in the order of these lines, on all hosts):
-    # the targets' accounts below read them.
-    if settings.backup_enabled and known:
-        backup_ops.client_key(name="Backup SSH key of this node")
+    # The client keys first, and queued on every host of this layer (skipped where no key is
+    # needed): pyinfra 3 orders operations as a graph of each host's own sequence, so only an
+    # operation the target also has makes the target's account below wait for the clients' keys
+    # (a client with more operations before this layer than its target otherwise got its key
+    # after the target had looked for it).
+    needs_key = bool(settings.backup_enabled and known)
+    backup_ops.client_key(name="Backup SSH key of this node", _if=lambda: needs_key)
     if clients:
         sftp_user, sftp_root = settings.backup_sftp_user, settings.backup_sftp_root
         system.system_user(name=f"Backup SFTP account {sftp_user} (no shell)", user=sftp_user, home="/", shell="/usr/sbin/nologin")

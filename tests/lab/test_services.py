@@ -51,7 +51,14 @@ from lab import core
 
 _lab = runpy.run_path({lab!r})
 _store = "lab-" + core.instance_name() + "-services"  # test-only secrets: not the lab store tests/lab/test_secrets.py compares
+# The kubelet of every k3s node mounts the dnas folders: the lab's data export read-write to them too.
+_k3s_ips = [data["node_ip"] + "/32" for _name, data in _lab["k3s_servers"] + _lab["k3s_agents"]]
+_exports = [
+    dict(e, networks=sorted(set(e["networks"]) | set(_k3s_ips))) if e["path"] == "data" else e
+    for e in _lab["k3s_servers"][0][1]["nfs_exports"]
+]
 _extra = {{
+    "nfs_exports": _exports,
     "nextcloud_enabled": True,
     "nextcloud_domain": "cloud.lab.example",
     "nextcloud_storages": [{{"mount": "Photos", "node": _lab["dnas"][0], "path": "data/photos", "groups": ["family"]}}],
