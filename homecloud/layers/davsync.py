@@ -29,6 +29,7 @@ from pyinfra.operations import files, systemd
 from pyinfra.operations.util import any_changed
 
 from homecloud.schema import Cluster, Entries, Key, Kind, Layer, Section, check_entries, check_relative, did_you_mean, is_secret_bad
+from facts.syncthing import FIND_CONFIG
 from homecloud import services as nc
 from operations import system
 
@@ -38,6 +39,25 @@ DNAS = ("dnas",)
 CONFIG = "/etc/homecloud-vdirsyncer/config"
 STATUS_DIR = "/var/lib/homecloud-vdirsyncer"
 UNIT = "homecloud-vdirsyncer"
+RESCAN = "/usr/local/lib/homecloud/dav-rescan"
+# After each vdirsyncer run: Syncthing rescans the .vcf/.ics folders at once (its file watcher
+# missed files vdirsyncer wrote into folders it had just created: they then waited for the
+# hourly full rescan). Arguments: the dnas user, then absolute folders.
+RESCAN_TEXT = (
+    "#!/usr/bin/python3\n# homecloud (homecloud/layers/davsync.py): ask Syncthing to rescan folders now."
+    + FIND_CONFIG
+    + """
+from urllib.parse import quote
+g, url = gui()
+key = g.findtext("apikey")
+for path in sys.argv[2:]:
+    for f in E.parse(d + "/config.xml").getroot().findall("folder"):
+        root = f.get("path").rstrip("/")
+        if path == root or path.startswith(root + "/"):
+            sub = path[len(root):].lstrip("/")
+            api(url, key, "/rest/db/scan?folder=" + quote(f.get("id")) + ("&sub=" + quote(sub) if sub else ""), "POST", b"")
+"""
+)
 CONFLICTS = {"server wins": "b wins", "files win": "a wins"}
 INTERVAL_RE = re.compile(r"[1-9][0-9]*(s|min|h|d)")
 URL_RE = re.compile(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s\"'\\]*)?")
@@ -171,20 +191,23 @@ def render_config(s: DavsyncSettings) -> str:
     return "\n".join(lines)
 
 
-def render_service(user: str) -> str:
+def render_service(user: str, folders: list[str] | None = None) -> str:
     return (
         "# Managed by homecloud (homecloud/layers/davsync.py).\n"
         "[Unit]\n"
         "Description=homecloud: contacts and calendars <-> .vcf/.ics files (vdirsyncer)\n"
         "After=network-online.target\nWants=network-online.target\n\n"
         "[Service]\nType=oneshot\n"
-        f"User={user}\nGroup={user}\nUMask=0022\n"
+        # The NAS's modes: files 0660, folders 0770 at most (the dnas group only).
+        f"User={user}\nGroup={user}\nUMask=0007\n"
         f"Environment=VDIRSYNCER_CONFIG={CONFIG}\n"
         # discover asks before creating a folder for a new collection of the server: yes.
         "ExecStart=/bin/sh -c 'yes | vdirsyncer discover'\n"
         "ExecStart=/usr/bin/vdirsyncer metasync\n"
         "ExecStart=/usr/bin/vdirsyncer sync\n"
-        "TimeoutStartSec=30min\n"
+        # A Syncthing that does not answer only delays the transfer until its own rescan.
+        + (f"ExecStartPost=-/usr/bin/python3 {RESCAN} {user} {' '.join(chr(34) + f + chr(34) for f in folders)}\n" if folders else "")
+        + "TimeoutStartSec=30min\n"
         "Nice=10\n"
     )
 
@@ -207,7 +230,7 @@ def davsync(settings: DavsyncSettings, present: bool) -> None:
         system.services(name="No vdirsyncer timer", services=[f"{UNIT}.timer"], running=False, enabled=False)
         removed = [
             system.text_file(name=f"No {path}", path=path, text="", present=False)
-            for path in (timer, service, CONFIG)
+            for path in (timer, service, CONFIG, RESCAN)
         ]
         systemd.daemon_reload(name="systemd forgets vdirsyncer's units", _if=any_changed(*removed[:2]))
         return
@@ -224,8 +247,9 @@ def davsync(settings: DavsyncSettings, present: bool) -> None:
     for path in folders:
         files.directory(name=f"vdirsyncer folder {path} owned by {user}", path=path, user=user, group=user)
     system.text_file(name=f"vdirsyncer config {CONFIG} (0600, app passwords)", path=CONFIG, text=render_config(settings), mode="600", user=user, group=user, secret=True)
+    system.text_file(name=f"Syncthing rescan helper {RESCAN}", path=RESCAN, text=RESCAN_TEXT, mode="755")
     units = [
-        system.text_file(name=f"{UNIT}.service", path=service, text=render_service(user)),
+        system.text_file(name=f"{UNIT}.service", path=service, text=render_service(user, [normpath(join(settings.dnas_path, e["folder"])) for e in settings.dav_sync_users])),
         system.text_file(name=f"{UNIT}.timer every {settings.dav_sync_interval}", path=timer, text=render_timer(settings.dav_sync_interval)),
     ]
     systemd.daemon_reload(name="systemd reads vdirsyncer's units", _if=any_changed(*units))
