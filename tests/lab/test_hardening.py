@@ -305,3 +305,53 @@ def test_unattended_upgrades_allows_the_security_origin_only(lab):
     allowed = lines[0].split("Allowed origins are:", 1)[1]
     assert "Debian-Security" in allowed and "-security" in allowed, allowed
     assert allowed.count("origin=") == 1, f"more than the security origin: {allowed}"
+
+
+OUTSIDE = "192.0.2.1"  # TEST-NET-1: outside every network of the lab; only on the lab's own bridge
+OUTSIDE_NS = "hcout"
+_CONNECT = (
+    "import socket, sys\n"
+    "s = socket.socket(); s.settimeout(3)\n"
+    "try:\n    s.connect((sys.argv[1], int(sys.argv[2]))); print('open')\n"
+    "except ConnectionRefusedError:\n    print('refused')\n"
+    "except OSError:\n    print('filtered')\n"
+)
+
+
+def test_smb_from_outside_its_allowed_network_is_dropped(lab, inventory_hosts):
+    """A client outside the LAN (SMB's default network) on the lab bridge, in a namespace of its
+    own with a route back from the node: 445 is dropped with the firewall on and answers with it
+    stopped (so the path works and the drop is the firewall's)."""
+    dnas = [h for h in inventory_hosts if "dnas" in h["groups"]]
+    if not dnas or not dnas[0]["data"].get("hardening_firewall", True) or not dnas[0]["data"].get("samba_enabled", True):
+        pytest.skip("needs a dnas node with Samba and the firewall on")
+    node = dnas[0]["name"]
+    ip, interface = lab.node(node)["ip"], dnas[0]["data"]["node_interface"]
+    state = lab._default.state()
+    veth = OUTSIDE_NS + "0"
+
+    def probe() -> str:
+        return sh("ip", "netns", "exec", OUTSIDE_NS, "python3", "-c", _CONNECT, ip, "445").stdout.strip()
+
+    sh("ip", "netns", "del", OUTSIDE_NS, check=False)
+    sh("ip", "link", "del", veth, check=False)
+    sh("ip", "netns", "add", OUTSIDE_NS)
+    try:
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", OUTSIDE_NS)
+        sh("ip", "link", "set", veth, "master", state["bridge"], "up")
+        sh("ip", "-n", OUTSIDE_NS, "addr", "add", f"{OUTSIDE}/32", "dev", "eth0")
+        sh("ip", "-n", OUTSIDE_NS, "link", "set", "eth0", "up")
+        sh("ip", "-n", OUTSIDE_NS, "route", "add", f"{ip}/32", "dev", "eth0")
+        lab.run(node, f"ip route replace {OUTSIDE}/32 dev {interface}")
+        assert port_open(ip, 445) is True, f"{node}: SMB is not reachable from the LAN"
+        assert probe() == "filtered", f"{node}: SMB answers {OUTSIDE}, outside its networks"
+        lab.run(node, "systemctl stop homecloud-firewall.service")
+        try:
+            assert probe() == "open", f"{node}: {OUTSIDE} cannot reach SMB even without the firewall (the test's path is broken)"
+        finally:
+            lab.run(node, "systemctl start homecloud-firewall.service")
+        assert probe() == "filtered", f"{node}: SMB answers {OUTSIDE} after the firewall started again"
+    finally:
+        lab.run(node, f"ip route del {OUTSIDE}/32 dev {interface}", check=False)
+        sh("ip", "netns", "del", OUTSIDE_NS, check=False)
+        sh("ip", "link", "del", veth, check=False)
