@@ -15,6 +15,7 @@ The hardening layer, proven on the local lab (deploys/all.py with the layer on, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -198,6 +199,29 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=check)
 
 
+@contextlib.contextmanager
+def namespace_on_bridge(lab, ns: str, address: str, routes: list[str]):
+    """A network namespace `ns` plugged into the lab bridge with `address` (CIDR) and `routes`
+    through its eth0; removed afterwards."""
+    state = lab._default.state()
+    veth = ns + "0"
+    sh("ip", "netns", "del", ns, check=False)
+    sh("ip", "link", "del", veth, check=False)
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "link", "set", veth, "master", state["bridge"], "up")
+        sh("ip", "-n", ns, "addr", "add", address, "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for route in routes:
+            sh("ip", "-n", ns, "route", "add", route, "dev", "eth0")
+        yield state
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+        sh("ip", "link", "del", veth, check=False)
+
+
 @pytest.fixture
 def helper_namespace(lab):
     """A network namespace on the lab bridge with an address of the lab subnet that is no
@@ -208,21 +232,8 @@ def helper_namespace(lab):
     net = ipaddress.ip_network(state["subnet"])
     used = {n["ip"] for n in lab.nodes()} | {state["vip"], state["controller_ip"]}
     address = next(str(a) for a in reversed(list(net.hosts())) if str(a) not in used)
-    veth = HELPER_NS + "0"
-    sh("ip", "netns", "del", HELPER_NS, check=False)
-    sh("ip", "link", "del", veth, check=False)
-    sh("ip", "netns", "add", HELPER_NS)
-    try:
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", HELPER_NS)
-        sh("ip", "link", "set", veth, "master", state["bridge"], "up")
-        sh("ip", "-n", HELPER_NS, "addr", "add", f"{address}/{state['prefix']}", "dev", "eth0")
-        sh("ip", "-n", HELPER_NS, "link", "set", "eth0", "up")
-        sh("ip", "-n", HELPER_NS, "link", "set", "lo", "up")
-        sh("ip", "-n", HELPER_NS, "route", "add", "224.0.0.0/4", "dev", "eth0")
+    with namespace_on_bridge(lab, HELPER_NS, f"{address}/{state['prefix']}", ["224.0.0.0/4"]):
         yield address
-    finally:
-        sh("ip", "netns", "del", HELPER_NS, check=False)
-        sh("ip", "link", "del", veth, check=False)
 
 
 def vrrp_states(lab, inventory_hosts) -> dict:
@@ -327,31 +338,20 @@ def test_smb_from_outside_its_allowed_network_is_dropped(lab, inventory_hosts):
         pytest.skip("needs a dnas node with Samba and the firewall on")
     node = dnas[0]["name"]
     ip, interface = lab.node(node)["ip"], dnas[0]["data"]["node_interface"]
-    state = lab._default.state()
-    veth = OUTSIDE_NS + "0"
 
     def probe() -> str:
         return sh("ip", "netns", "exec", OUTSIDE_NS, "python3", "-c", _CONNECT, ip, "445").stdout.strip()
 
-    sh("ip", "netns", "del", OUTSIDE_NS, check=False)
-    sh("ip", "link", "del", veth, check=False)
-    sh("ip", "netns", "add", OUTSIDE_NS)
-    try:
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", OUTSIDE_NS)
-        sh("ip", "link", "set", veth, "master", state["bridge"], "up")
-        sh("ip", "-n", OUTSIDE_NS, "addr", "add", f"{OUTSIDE}/32", "dev", "eth0")
-        sh("ip", "-n", OUTSIDE_NS, "link", "set", "eth0", "up")
-        sh("ip", "-n", OUTSIDE_NS, "route", "add", f"{ip}/32", "dev", "eth0")
+    with namespace_on_bridge(lab, OUTSIDE_NS, f"{OUTSIDE}/32", [f"{ip}/32"]):
         lab.run(node, f"ip route replace {OUTSIDE}/32 dev {interface}")
-        assert port_open(ip, 445) is True, f"{node}: SMB is not reachable from the LAN"
-        assert probe() == "filtered", f"{node}: SMB answers {OUTSIDE}, outside its networks"
-        lab.run(node, "systemctl stop homecloud-firewall.service")
         try:
-            assert probe() == "open", f"{node}: {OUTSIDE} cannot reach SMB even without the firewall (the test's path is broken)"
+            assert port_open(ip, 445) is True, f"{node}: SMB is not reachable from the LAN"
+            assert probe() == "filtered", f"{node}: SMB answers {OUTSIDE}, outside its networks"
+            lab.run(node, "systemctl stop homecloud-firewall.service")
+            try:
+                assert probe() == "open", f"{node}: {OUTSIDE} cannot reach SMB even without the firewall (the test's path is broken)"
+            finally:
+                lab.run(node, "systemctl start homecloud-firewall.service")
+            assert probe() == "filtered", f"{node}: SMB answers {OUTSIDE} after the firewall started again"
         finally:
-            lab.run(node, "systemctl start homecloud-firewall.service")
-        assert probe() == "filtered", f"{node}: SMB answers {OUTSIDE} after the firewall started again"
-    finally:
-        lab.run(node, f"ip route del {OUTSIDE}/32 dev {interface}", check=False)
-        sh("ip", "netns", "del", OUTSIDE_NS, check=False)
-        sh("ip", "link", "del", veth, check=False)
+            lab.run(node, f"ip route del {OUTSIDE}/32 dev {interface}", check=False)
