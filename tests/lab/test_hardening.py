@@ -150,24 +150,30 @@ def port_open(ip: str, port: int, timeout: float = 3) -> bool | None:
 
 
 def test_port_not_allowed_is_filtered_until_the_firewall_is_off(lab, pyinfra_run):
-    node = first_node(lab)
-    ip = lab.node(node)["ip"]
-    lab.run(node, f"systemctl stop hctest-http 2>/dev/null; systemd-run --unit hctest-http python3 -m http.server {HELPER_PORT}")
+    """A listener on a port nothing allows: filtered on every node; reachable on the first one
+    once its firewall is switched off, filtered again when it is back on."""
+    nodes = [n["name"] for n in lab.nodes()]
+    start = (f"systemctl stop hctest-http 2>/dev/null; systemd-run --unit hctest-http python3 -m http.server {HELPER_PORT}; "
+             f"for i in $(seq 50); do ss -ltn | grep -q ':{HELPER_PORT} ' && exit 0; sleep 0.1; done; exit 1")
     try:
-        lab.run(node, f"for i in $(seq 50); do ss -ltn | grep -q ':{HELPER_PORT} ' && exit 0; sleep 0.1; done; exit 1")
-        assert lab.run(node, f"python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{HELPER_PORT}/')\"", check=False).returncode == 0
-        assert port_open(ip, HELPER_PORT) is None, "port 9999 is not filtered with the firewall on"
-        assert port_open(ip, 22) is True, "SSH is not reachable from the LAN"
+        for node in nodes:
+            lab.run(node, start)
+            assert lab.run(node, f"python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{HELPER_PORT}/')\"", check=False).returncode == 0
+            ip = lab.node(node)["ip"]
+            assert port_open(ip, HELPER_PORT) is None, f"{node}: port {HELPER_PORT} is not filtered with the firewall on"
+            assert port_open(ip, 22) is True, f"{node}: SSH is not reachable from the LAN"
+        node, ip = nodes[0], lab.node(nodes[0])["ip"]
         try:
             result = pyinfra_run("deploys/hardening.py", "--limit", node, "--data", "hardening_firewall=False")
             assert result["returncode"] == 0 and not results.errors(result), result
             assert lab.run(node, "nft list table inet homecloud", check=False).returncode != 0, "the table is still there"
-            assert port_open(ip, HELPER_PORT) is True, "port 9999 is not reachable with the firewall off"
+            assert port_open(ip, HELPER_PORT) is True, f"{node}: port {HELPER_PORT} is not reachable with the firewall off"
         finally:
             pyinfra_run("deploys/hardening.py", "--limit", node)
-        assert port_open(ip, HELPER_PORT) is None, "port 9999 is not filtered after switching the firewall back on"
+        assert port_open(ip, HELPER_PORT) is None, f"{node}: port {HELPER_PORT} is not filtered after switching the firewall back on"
     finally:
-        lab.run(node, "systemctl stop hctest-http", check=False)
+        for node in nodes:
+            lab.run(node, "systemctl stop hctest-http", check=False)
 
 
 def vrrp_advert(router_id: int, priority: int, vip: str, password: str) -> bytes:
