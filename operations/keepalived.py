@@ -43,11 +43,25 @@ CONFIG_CHECK = (
 
 IPV4_RE = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})")
 
-NOTIFY_HELPER_CONTENT = f"""#!/bin/sh
+def notify_helper_text(interface: str, vip: str) -> str:
+    """The state recorder keepalived runs (as root) on every transition, with the new state."""
+    state_dir = STATE_FILE.rsplit("/", 1)[0]
+    return f"""#!/bin/sh
 # homecloud: keepalived runs this (as root) on every VRRP state change of {INSTANCE}
 # with the new state as $1; facts/keepalived.py (VrrpStatus) reads the file it writes.
+# keepalived starts one process per transition and does not wait for it: two transitions a
+# few milliseconds apart (MASTER, then BACKUP on hearing a higher priority) can finish in
+# either order. So the runs take turns (flock), and a run the interface already contradicts
+# is stale and records nothing: keepalived adds the VIP before it notifies MASTER and removes
+# it before it notifies any other state.
 set -eu
-mkdir -p {STATE_FILE.rsplit("/", 1)[0]}
+mkdir -p {state_dir}
+exec 9>{state_dir}/keepalived.lock
+flock 9
+if ip -o -4 addr show dev {interface} | grep -qF ' {vip}/'; then holds=yes; else holds=no; fi
+case "$1:$holds" in
+    MASTER:no|BACKUP:yes|FAULT:yes|STOP:yes) exit 0 ;;
+esac
 printf '%s %s\\n' "$1" "$(date +%s)" > {STATE_FILE}.new
 mv -f {STATE_FILE}.new {STATE_FILE}
 """
@@ -252,7 +266,8 @@ def vip(
 
     # The state recorder must exist before keepalived -t looks at the scripts. homecloud owns
     # it and regenerates it: no backup.
-    helper = put_texts([{"dest": NOTIFY_HELPER, "text": NOTIFY_HELPER_CONTENT, "mode": "755"}], states=states)[NOTIFY_HELPER]
+    helper_text = notify_helper_text(interface, vip)
+    helper = put_texts([{"dest": NOTIFY_HELPER, "text": helper_text, "mode": "755"}], states=states)[NOTIFY_HELPER]
     yield from helper
     # The config holds the VRRP password (secret: no readable copy at any moment; root's 0600:
     # keepalived refuses a config others can write). The file it replaces (the distribution's
