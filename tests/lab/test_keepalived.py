@@ -220,6 +220,33 @@ def test_exactly_one_server_holds_the_vip(servers):
         assert holding[0] == expected_holder(servers), f"{holding[0]} holds the VIP, not the highest priority"
 
 
+def test_a_stale_state_notification_is_not_recorded(servers):
+    """keepalived does not wait for its notify processes: a MASTER and a BACKUP notification a
+    few milliseconds apart can finish in either order (a split brain in the state file, seen
+    after forged adverts). The recorder ignores a notification the interface contradicts: on
+    the holder a late BACKUP, on the others a late MASTER, also when both race."""
+    from facts.keepalived import STATE_FILE
+    from operations.keepalived import NOTIFY_HELPER
+
+    states = {h["name"]: status(h, host) for h, host in servers}
+    for h, host in servers:
+        before = states[h["name"]]
+        if before["holds_vip"]:
+            stale = f"{NOTIFY_HELPER} BACKUP"
+            race = f"{NOTIFY_HELPER} BACKUP & {NOTIFY_HELPER} MASTER; wait"
+        else:
+            stale = f"{NOTIFY_HELPER} MASTER"
+            race = f"{NOTIFY_HELPER} MASTER & {NOTIFY_HELPER} BACKUP; wait"
+        recorded = host.check_output(f"cat {STATE_FILE}")
+        out = host.run(stale)
+        assert out.rc == 0, out.stderr
+        assert host.check_output(f"cat {STATE_FILE}") == recorded, f"{h['name']}: `{stale}` was recorded"
+        out = host.run(race)
+        assert out.rc == 0, out.stderr
+        assert host.check_output(f"cat {STATE_FILE}").split()[0] == before["state"], f"{h['name']}: `{race}`"
+    assert states == {h["name"]: {**status(h, host), "since": states[h["name"]]["since"]} for h, host in servers}
+
+
 def test_vip_answers_from_the_controller(servers):
     vip = vip_of(servers)
     proc = subprocess.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", vip], capture_output=True, text=True)
