@@ -5,16 +5,19 @@ The hardening layer, proven on the local lab (deploys/all.py with the layer on, 
   password login is refused even with the right password (the server offers publickey only),
   the deploying key still logs in; a config `sshd -t` rejects is never activated (the deploy
   stops, the live drop-in stays, the node stays reachable);
-- firewall: a port nothing allows (a python http.server on a node) is filtered from the
-  controller, reachable once the firewall is switched off with --data, filtered again after
-  the normal deploy; VRRP adverts from a lab address that is not a keepalived peer (sent from a
-  helper network namespace on the lab bridge, with the real password and priority 254) are
-  ignored: the VIP stays on its holder;
+- firewall: a port nothing allows (a python http.server on every node) is filtered from the
+  controller on every node, reachable on the first once its firewall is switched off with
+  --data, filtered again after the normal deploy; VRRP adverts from a lab address that is not a
+  keepalived peer (sent from a helper network namespace on the lab bridge, with the real
+  password and priority 254) are ignored: the VIP stays on its holder, and every other member
+  is BACKUP afterwards; SMB from a client outside its allowed network (TEST-NET-1 192.0.2.1, in
+  a namespace of its own on the lab bridge) is dropped, and answers with the firewall stopped;
 - unattended-upgrades: its dry run allows the Debian security origin only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -149,24 +152,30 @@ def port_open(ip: str, port: int, timeout: float = 3) -> bool | None:
 
 
 def test_port_not_allowed_is_filtered_until_the_firewall_is_off(lab, pyinfra_run):
-    node = first_node(lab)
-    ip = lab.node(node)["ip"]
-    lab.run(node, f"systemctl stop hctest-http 2>/dev/null; systemd-run --unit hctest-http python3 -m http.server {HELPER_PORT}")
+    """A listener on a port nothing allows: filtered on every node; reachable on the first one
+    once its firewall is switched off, filtered again when it is back on."""
+    nodes = [n["name"] for n in lab.nodes()]
+    start = (f"systemctl stop hctest-http 2>/dev/null; systemd-run --unit hctest-http python3 -m http.server {HELPER_PORT}; "
+             f"for i in $(seq 50); do ss -ltn | grep -q ':{HELPER_PORT} ' && exit 0; sleep 0.1; done; exit 1")
     try:
-        lab.run(node, f"for i in $(seq 50); do ss -ltn | grep -q ':{HELPER_PORT} ' && exit 0; sleep 0.1; done; exit 1")
-        assert lab.run(node, f"python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{HELPER_PORT}/')\"", check=False).returncode == 0
-        assert port_open(ip, HELPER_PORT) is None, "port 9999 is not filtered with the firewall on"
-        assert port_open(ip, 22) is True, "SSH is not reachable from the LAN"
+        for node in nodes:
+            lab.run(node, start)
+            assert lab.run(node, f"python3 -c \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{HELPER_PORT}/')\"", check=False).returncode == 0
+            ip = lab.node(node)["ip"]
+            assert port_open(ip, HELPER_PORT) is None, f"{node}: port {HELPER_PORT} is not filtered with the firewall on"
+            assert port_open(ip, 22) is True, f"{node}: SSH is not reachable from the LAN"
+        node, ip = nodes[0], lab.node(nodes[0])["ip"]
         try:
             result = pyinfra_run("deploys/hardening.py", "--limit", node, "--data", "hardening_firewall=False")
             assert result["returncode"] == 0 and not results.errors(result), result
             assert lab.run(node, "nft list table inet homecloud", check=False).returncode != 0, "the table is still there"
-            assert port_open(ip, HELPER_PORT) is True, "port 9999 is not reachable with the firewall off"
+            assert port_open(ip, HELPER_PORT) is True, f"{node}: port {HELPER_PORT} is not reachable with the firewall off"
         finally:
             pyinfra_run("deploys/hardening.py", "--limit", node)
-        assert port_open(ip, HELPER_PORT) is None, "port 9999 is not filtered after switching the firewall back on"
+        assert port_open(ip, HELPER_PORT) is None, f"{node}: port {HELPER_PORT} is not filtered after switching the firewall back on"
     finally:
-        lab.run(node, "systemctl stop hctest-http", check=False)
+        for node in nodes:
+            lab.run(node, "systemctl stop hctest-http", check=False)
 
 
 def vrrp_advert(router_id: int, priority: int, vip: str, password: str) -> bytes:
@@ -198,6 +207,29 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=check)
 
 
+@contextlib.contextmanager
+def namespace_on_bridge(lab, ns: str, address: str, routes: list[str]):
+    """A network namespace `ns` plugged into the lab bridge with `address` (CIDR) and `routes`
+    through its eth0; removed afterwards."""
+    state = lab._default.state()
+    veth = ns + "0"
+    sh("ip", "netns", "del", ns, check=False)
+    sh("ip", "link", "del", veth, check=False)
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "link", "set", veth, "master", state["bridge"], "up")
+        sh("ip", "-n", ns, "addr", "add", address, "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for route in routes:
+            sh("ip", "-n", ns, "route", "add", route, "dev", "eth0")
+        yield state
+    finally:
+        sh("ip", "netns", "del", ns, check=False)
+        sh("ip", "link", "del", veth, check=False)
+
+
 @pytest.fixture
 def helper_namespace(lab):
     """A network namespace on the lab bridge with an address of the lab subnet that is no
@@ -208,21 +240,8 @@ def helper_namespace(lab):
     net = ipaddress.ip_network(state["subnet"])
     used = {n["ip"] for n in lab.nodes()} | {state["vip"], state["controller_ip"]}
     address = next(str(a) for a in reversed(list(net.hosts())) if str(a) not in used)
-    veth = HELPER_NS + "0"
-    sh("ip", "netns", "del", HELPER_NS, check=False)
-    sh("ip", "link", "del", veth, check=False)
-    sh("ip", "netns", "add", HELPER_NS)
-    try:
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", HELPER_NS)
-        sh("ip", "link", "set", veth, "master", state["bridge"], "up")
-        sh("ip", "-n", HELPER_NS, "addr", "add", f"{address}/{state['prefix']}", "dev", "eth0")
-        sh("ip", "-n", HELPER_NS, "link", "set", "eth0", "up")
-        sh("ip", "-n", HELPER_NS, "link", "set", "lo", "up")
-        sh("ip", "-n", HELPER_NS, "route", "add", "224.0.0.0/4", "dev", "eth0")
+    with namespace_on_bridge(lab, HELPER_NS, f"{address}/{state['prefix']}", ["224.0.0.0/4"]):
         yield address
-    finally:
-        sh("ip", "netns", "del", HELPER_NS, check=False)
-        sh("ip", "link", "del", veth, check=False)
 
 
 def vrrp_states(lab, inventory_hosts) -> dict:
@@ -292,6 +311,18 @@ def test_vrrp_adverts_from_a_non_peer_are_ignored(lab, inventory_hosts, helper_n
             lab.run(name, "systemctl start homecloud-firewall.service")
     after = vrrp_states(lab, inventory_hosts)
     assert after[holder]["since"] == before[holder]["since"], "the holder changed state during the test"
+    # With the firewall off, the flood delays the holder's adverts now and then: a backup may
+    # take the VIP for a few milliseconds (MASTER, then BACKUP on the holder's next advert).
+    # Afterwards every other member must be back to BACKUP, in its state file too.
+    deadline = time.monotonic() + 10
+    while True:
+        after = vrrp_states(lab, inventory_hosts)
+        others = {n: s for n, s in after.items() if n != holder}
+        if all(s["state"] == "BACKUP" and not s["holds_vip"] for s in others.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert after[holder]["state"] == "MASTER" and after[holder]["holds_vip"], after
+    assert all(s["state"] == "BACKUP" and not s["holds_vip"] for s in others.values()), after
 
 
 # --- unattended-upgrades ----------------------------------------------------------------------
@@ -305,3 +336,42 @@ def test_unattended_upgrades_allows_the_security_origin_only(lab):
     allowed = lines[0].split("Allowed origins are:", 1)[1]
     assert "Debian-Security" in allowed and "-security" in allowed, allowed
     assert allowed.count("origin=") == 1, f"more than the security origin: {allowed}"
+
+
+OUTSIDE = "192.0.2.1"  # TEST-NET-1: outside every network of the lab; only on the lab's own bridge
+OUTSIDE_NS = "hcout"
+_CONNECT = (
+    "import socket, sys\n"
+    "s = socket.socket(); s.settimeout(3)\n"
+    "try:\n    s.connect((sys.argv[1], int(sys.argv[2]))); print('open')\n"
+    "except ConnectionRefusedError:\n    print('refused')\n"
+    "except OSError:\n    print('filtered')\n"
+)
+
+
+def test_smb_from_outside_its_allowed_network_is_dropped(lab, inventory_hosts):
+    """A client outside the LAN (SMB's default network) on the lab bridge, in a namespace of its
+    own with a route back from the node: 445 is dropped with the firewall on and answers with it
+    stopped (so the path works and the drop is the firewall's)."""
+    dnas = [h for h in inventory_hosts if "dnas" in h["groups"]]
+    if not dnas or not dnas[0]["data"].get("hardening_firewall", True) or not dnas[0]["data"].get("samba_enabled", True):
+        pytest.skip("needs a dnas node with Samba and the firewall on")
+    node = dnas[0]["name"]
+    ip, interface = lab.node(node)["ip"], dnas[0]["data"]["node_interface"]
+
+    def probe() -> str:
+        return sh("ip", "netns", "exec", OUTSIDE_NS, "python3", "-c", _CONNECT, ip, "445").stdout.strip()
+
+    with namespace_on_bridge(lab, OUTSIDE_NS, f"{OUTSIDE}/32", [f"{ip}/32"]):
+        lab.run(node, f"ip route replace {OUTSIDE}/32 dev {interface}")
+        try:
+            assert port_open(ip, 445) is True, f"{node}: SMB is not reachable from the LAN"
+            assert probe() == "filtered", f"{node}: SMB answers {OUTSIDE}, outside its networks"
+            lab.run(node, "systemctl stop homecloud-firewall.service")
+            try:
+                assert probe() == "open", f"{node}: {OUTSIDE} cannot reach SMB even without the firewall (the test's path is broken)"
+            finally:
+                lab.run(node, "systemctl start homecloud-firewall.service")
+            assert probe() == "filtered", f"{node}: SMB answers {OUTSIDE} after the firewall started again"
+        finally:
+            lab.run(node, f"ip route del {OUTSIDE}/32 dev {interface}", check=False)
