@@ -16,20 +16,23 @@ class SshLogin(FactBase):
     ``keyboard-interactive/pam``; None when the journal does not tell: no journal, rotated,
     or not an SSH session). The method comes from sshd's ``Accepted <method> for <user>`` line
     logged under the pid of this session's sshd process (found by walking up the parents of
-    the fact's shell).
+    the fact's shell). ``client``: the address this session connects from (``$SSH_CONNECTION``,
+    else the ``from`` of that journal line; None when neither tells), so the firewall can refuse
+    rules that would shut the deploying controller out.
 
     .. code:: python
 
-        {"user": "root", "keys": 2, "method": "publickey"}
+        {"user": "root", "keys": 2, "method": "publickey", "client": "192.168.1.50"}
     """
 
     @staticmethod
     def default():
-        return {"user": None, "keys": None, "method": None}
+        return {"user": None, "keys": None, "method": None, "client": None}
 
     def command(self) -> StringCommand:
         return StringCommand(
             'u=${SUDO_USER:-$(id -un)}; echo "user $u";',
+            'if [ -n "${SSH_CONNECTION:-}" ]; then echo "client ${SSH_CONNECTION%% *}"; fi;',
             'h=$(getent passwd "$u" | cut -d: -f6);',
             'if [ -r "$h/.ssh/authorized_keys" ]; then echo "keys $(grep -cEv \'^[[:space:]]*(#|$)\' "$h/.ssh/authorized_keys")"; fi;',
             "p=$$; while [ \"${p:-1}\" -gt 1 ]; do",
@@ -50,8 +53,12 @@ class SshLogin(FactBase):
                 fact["user"] = parts[1]
             elif parts[0] == "keys" and len(parts) > 1 and parts[1].isdigit():
                 fact["keys"] = int(parts[1])
+            elif parts[0] == "client" and len(parts) > 1:
+                fact["client"] = parts[1]
             elif parts[0] == "Accepted" and len(parts) > 1 and fact["method"] is None:
                 fact["method"] = parts[1]
+                if "from" in parts[:-1] and fact["client"] is None:
+                    fact["client"] = parts[parts.index("from") + 1]
         return fact
 
 

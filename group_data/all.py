@@ -76,7 +76,7 @@ hardening_ssh_tcp_forwarding = False
 # on k3s nodes, Syncthing, SMB and NFS from their networks.
 hardening_firewall = True
 # Who may reach SSH (CIDRs). Empty: the LAN (node_ip/network_prefix). Must include your
-# controller, or the next deploy cannot connect.
+# controller: a deploy from an address outside it stops before the firewall changes.
 hardening_ssh_networks = []
 # Besides the dnas peers, who may reach Syncthing (22000, 21027/udp). Empty: the LAN (phones).
 hardening_syncthing_networks = []

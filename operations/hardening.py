@@ -258,6 +258,27 @@ def _from(values, what: str, match: str) -> list[str]:
     return rules
 
 
+def _refuse_own_lockout(ssh_networks, client: str | None) -> None:
+    """OperationError when the deploying session's address (`client`; None: unknown, no check)
+    is outside every SSH network: the new rules would let this session finish (established
+    connections stay) and refuse the next run."""
+    if not client:
+        return
+    try:
+        address = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        address = address.ipv4_mapped
+    v4, v6 = _networks(ssh_networks, "ssh_networks")
+    if not any(address in ipaddress.ip_network(net) for net in (v4 if address.version == 4 else v6)):
+        raise OperationError(
+            f"refusing to load firewall rules that allow SSH only from {', '.join(v4 + v6)}: this deploy connects from "
+            f"{address} and could not log in again. Fix: add {address} (or its network) to hardening_ssh_networks, "
+            "or deploy from an allowed address"
+        )
+
+
 def _ports(ports) -> str:
     return "{ " + ", ".join(str(p) for p in ports) + " }"
 
@@ -360,7 +381,9 @@ def firewall(
 
     Loopback, established/related traffic, essential ICMP/ICMPv6 and DHCP client replies are
     always allowed. The rules are checked with ``nft -c -f`` before they replace the live file;
-    they are (re)loaded only when they changed or the unit is not active.
+    they are (re)loaded only when they changed or the unit is not active. New rules that would
+    refuse the address this deploy connects from (when the node can tell it) are refused
+    before any change: the next run could not log in.
 
     **Example:**
 
@@ -390,6 +413,9 @@ def firewall(
         syncthing_peers=syncthing_peers, syncthing_networks=syncthing_networks, smb_networks=smb_networks,
         nfs_networks=nfs_networks, nfs_ports=nfs_ports, extra_rules=extra_rules,
     )
+    rules = states.get(FIREWALL_RULES)
+    if rules is None or rules["sha1"] != get_file_sha1(StringIO(text)):
+        _refuse_own_lockout(ssh_networks, host.get_fact(SshLogin)["client"])
     unit_file = put_texts([{"dest": FIREWALL_UNIT_PATH, "text": FIREWALL_UNIT_TEXT}], states=states)[FIREWALL_UNIT_PATH]
     yield from unit_file
     if unit_file:

@@ -125,7 +125,7 @@ LAYER = Layer(
             Kind(list),
             [],
             "Who may reach SSH (CIDRs). Empty: the LAN (node_ip/network_prefix). Must include your\n"
-            "controller, or the next deploy cannot connect.",
+            "controller: a deploy from an address outside it stops before the firewall changes.",
         ),
         Key(
             "hardening_syncthing_networks",

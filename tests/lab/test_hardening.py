@@ -7,7 +7,8 @@ The hardening layer, proven on the local lab (deploys/all.py with the layer on, 
   stops, the live drop-in stays, the node stays reachable);
 - firewall: a port nothing allows (a python http.server on every node) is filtered from the
   controller on every node, reachable on the first once its firewall is switched off with
-  --data, filtered again after the normal deploy; VRRP adverts from a lab address that is not a
+  --data, filtered again after the normal deploy; new rules that would refuse the controller's own
+  address are refused before any change; VRRP adverts from a lab address that is not a
   keepalived peer (sent from a helper network namespace on the lab bridge, with the real
   password and priority 254) are ignored: the VIP stays on its holder, and every other member
   is BACKUP afterwards; SMB from a client outside its allowed network (TEST-NET-1 192.0.2.1, in
@@ -176,6 +177,23 @@ def test_port_not_allowed_is_filtered_until_the_firewall_is_off(lab, pyinfra_run
     finally:
         for node in nodes:
             lab.run(node, "systemctl stop hctest-http", check=False)
+
+
+def test_rules_that_would_shut_out_the_deploy_are_refused(lab, pyinfra_run):
+    """SSH narrowed to a network the controller is not in (TEST-NET-1): the deploy stops with
+    the controller's address in the message, the live rules stay, the node stays reachable."""
+    node = first_node(lab)
+    live = lab.run(node, "sha1sum < /etc/homecloud/firewall.nft").stdout
+    controller = lab._default.state()["controller_ip"]
+    try:
+        result = pyinfra_run("deploys/hardening.py", "--limit", node, "--data", 'hardening_ssh_networks=["192.0.2.0/24"]')
+        assert results.errors(result).get(node), "the deploy loaded rules that shut its own controller out"
+        report = json.dumps(result)
+    except results.PyinfraRunError as e:  # the only host failed: pyinfra writes no JSON
+        report = str(e)
+    assert f"this deploy connects from {controller} and could not log in again" in report, report
+    assert lab.run(node, "sha1sum < /etc/homecloud/firewall.nft").stdout == live, "the live rules were replaced"
+    assert ssh_ok(lab, node), "the node is no longer reachable over SSH"
 
 
 def vrrp_advert(router_id: int, priority: int, vip: str, password: str) -> bytes:
