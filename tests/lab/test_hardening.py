@@ -152,10 +152,11 @@ def port_open(ip: str, port: int, timeout: float = 3) -> bool | None:
         return None
 
 
-def test_port_not_allowed_is_filtered_until_the_firewall_is_off(lab, pyinfra_run):
-    """A listener on a port nothing allows: filtered on every node; reachable on the first one
-    once its firewall is switched off, filtered again when it is back on."""
-    nodes = [n["name"] for n in lab.nodes()]
+def test_port_not_allowed_is_filtered_until_the_firewall_is_off(lab, pyinfra_run, inventory_hosts):
+    """A listener on a port nothing allows: filtered on every node with the firewall on (the
+    arm64 node has it off: qemu-user cannot load nft rules); reachable on the first one once
+    its firewall is switched off, filtered again when it is back on."""
+    nodes = [h["name"] for h in inventory_hosts if h["data"].get("hardening_firewall", True)]
     start = (f"systemctl stop hctest-http 2>/dev/null; systemd-run --unit hctest-http python3 -m http.server {HELPER_PORT}; "
              f"for i in $(seq 50); do ss -ltn | grep -q ':{HELPER_PORT} ' && exit 0; sleep 0.1; done; exit 1")
     try:
