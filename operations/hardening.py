@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import OperationError, QuoteString, StringCommand, operation
-from pyinfra.api.util import get_file_sha1
 
 from facts.hardening import SshLogin, Sysctls
 from facts.system import FileStates
-from operations.system import move_aside, put_texts, unit_states, write_file
+from operations.system import content_differs, move_aside, put_texts, unit_states, write_file
 
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/00-homecloud.conf"
 SSHD_CONFIG = "/etc/ssh/sshd_config"
@@ -212,7 +210,7 @@ def sshd(
         x11_forwarding=x11_forwarding, agent_forwarding=agent_forwarding, tcp_forwarding=tcp_forwarding,
         max_auth_tries=max_auth_tries, login_grace_time=login_grace_time, max_startups=max_startups,
     )
-    content_changed = current is None or current["sha1"] != get_file_sha1(StringIO(text))
+    content_changed = content_differs(text, current)
     if content_changed and not password_authentication:
         login = host.get_fact(SshLogin)
         if not login["keys"]:
@@ -413,8 +411,7 @@ def firewall(
         syncthing_peers=syncthing_peers, syncthing_networks=syncthing_networks, smb_networks=smb_networks,
         nfs_networks=nfs_networks, nfs_ports=nfs_ports, extra_rules=extra_rules,
     )
-    rules = states.get(FIREWALL_RULES)
-    if rules is None or rules["sha1"] != get_file_sha1(StringIO(text)):
+    if content_differs(text, states.get(FIREWALL_RULES)):
         _refuse_own_lockout(ssh_networks, host.get_fact(SshLogin)["client"])
     unit_file = put_texts([{"dest": FIREWALL_UNIT_PATH, "text": FIREWALL_UNIT_TEXT}], states=states)[FIREWALL_UNIT_PATH]
     yield from unit_file

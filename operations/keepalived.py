@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import re
 import shlex
-from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import HiddenValue, OperationError, operation
-from pyinfra.api.util import get_file_sha1
 
 from facts.keepalived import STATE_FILE
 from facts.system import FileStates
 from homecloud.schema import INTERFACE_RE as IFACE_RE, KEEPALIVED_PASS_RE as AUTH_PASS_RE, UNIX_USER_RE
-from operations.system import move_aside, put_texts, write_file
+from operations.system import content_differs, move_aside, put_texts, write_file
 
 INSTANCE = "homecloud_vip"
 CHECK = "homecloud_check"
@@ -272,7 +270,7 @@ def vip(
     # The config holds the VRRP password (secret: no readable copy at any moment; root's 0600:
     # keepalived refuses a config others can write). The file it replaces (the distribution's
     # sample, or one edited by hand) is kept as a 0600 backup.
-    content_changed = remote is None or remote["sha1"] != get_file_sha1(StringIO(config))
+    content_changed = content_differs(config, remote)
     changed = yield from write_file(
         path, config, remote, mode="600", check=CONFIG_CHECK, check_name="keepalived", backup=True, secret=True
     )

@@ -171,6 +171,12 @@ def _sha(text: str, current: dict) -> tuple[str, str]:
     return current["sha256"], hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def content_differs(text: str, current: dict | None) -> bool:
+    """Whether `text` differs from the file `current` describes (a ``system.FileStates`` or
+    ``k3s.K3sFile`` entry; None: the file does not exist)."""
+    return current is None or len(set(_sha(text, current))) == 2
+
+
 def write_file(
     dest: str,
     text: str,
@@ -195,7 +201,7 @@ def write_file(
       distribution may have written; not needed for files homecloud owns and regenerates
     + secret: see ``replace_file``
     """
-    if current is None or len(set(_sha(text, current))) == 2:
+    if content_differs(text, current):
         yield from replace_file(dest, text, current is not None, mode, user, group, check, check_name, backup, secret)
         return True
     changed = False
