@@ -28,6 +28,7 @@ devices under the state folder), so it also cleans up after a crashed ``up`` and
 
 from __future__ import annotations
 
+import fcntl
 import ipaddress
 import json
 import os
@@ -120,6 +121,91 @@ def node_link(instance: str, node: str) -> str:
 
 def instance_lock(instance: str):
     return file_lock(RUN_ROOT / f"{instance}.lock", f"lab instance {instance}")
+
+
+# --- Who a lab belongs to ----------------------------------------------------------------------
+#
+# A deployed lab's nodes hold the secrets of the checkout that deployed it (.secrets/lab-<instance>.json
+# there): another checkout cannot deploy onto it (homecloud refuses: "this controller does not hold
+# the cluster's secrets"). So `up` records an owner - a random token in the state and in the
+# checkout's .lab/<instance>.owner - and a test session takes a lock on the instance it uses for as
+# long as it runs (the kernel drops it when the session dies, however it dies).
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+SESSION_NAMES = ["hc", *(f"hc{i}" for i in range(2, 10))]
+
+
+def owner_path(instance: str) -> Path:
+    return CHECKOUT / ".lab" / f"{instance}.owner"
+
+
+def _record_owner(state: dict) -> None:
+    token = uuid.uuid4().hex
+    path = owner_path(state["instance"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(token + "\n", encoding="utf-8")
+    state["owner"] = {"checkout": str(CHECKOUT), "token": token}
+
+
+def owned_here(state: dict) -> bool:
+    """True when this checkout brought the lab up (its .lab/<instance>.owner matches the state)."""
+    owner = state.get("owner") or {}
+    try:
+        mine = owner_path(state["instance"]).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return False
+    return bool(owner.get("token")) and owner["token"] == mine
+
+
+def foreign_reason(state: dict | None) -> str | None:
+    """Why this checkout must not use the lab of `state` (None: it may: not up, or up and ours)."""
+    if state is None or not _link_exists(state["bridge"]) or owned_here(state):
+        return None
+    owner = (state.get("owner") or {}).get("checkout")
+    by = f"checkout {owner}" if owner else "an older homecloud (no owner recorded)"
+    if owner == str(CHECKOUT):
+        by = f"another clone at this path ({owner}) whose .lab/{state['instance']}.owner is gone"
+    return (f"lab `{state['instance']}` is up and was brought up by {by}: its nodes hold that "
+            "checkout's secrets, so deploys from here would be refused")
+
+
+def session_lock(instance: str) -> tuple[int | None, str]:
+    """Take the test-session lock of `instance` without waiting: (fd to keep open, "") or
+    (None, who holds it)."""
+    path = RUN_ROOT / f"{instance}.session.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 512, 0).decode(errors="replace").strip()
+        os.close(fd)
+        return None, holder or "another process"
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"test session pid {os.getpid()} from {CHECKOUT}\n".encode(), 0)
+    return fd, ""
+
+
+def claim_for_session(explicit: str | None) -> tuple[str, int, list[str]]:
+    """The lab instance a test session of this checkout uses, with its session lock held:
+    (name, lock fd, notes on the instances passed over). `explicit` ($HOMECLOUD_LAB) is used or
+    refused with the reason; without it the first of hc, hc2 ... hc9 that no other session
+    holds and that is not up for another checkout."""
+    names = [instance_name(explicit)] if explicit else SESSION_NAMES
+    notes = []
+    for instance in names:
+        fd, holder = session_lock(instance)
+        if fd is None:
+            notes.append(f"lab `{instance}` is in use by {holder}")
+            continue
+        reason = foreign_reason(load_state(instance))
+        if reason is None:
+            return instance, fd, notes
+        os.close(fd)
+        notes.append(f"{reason} (`HOMECLOUD_LAB={instance} python -m lab down` removes it)")
+    fix = ("wait for it, or set HOMECLOUD_LAB to another name" if explicit
+           else "remove the labs nobody uses with `HOMECLOUD_LAB=<name> python -m lab down`")
+    raise LabError("no lab instance for this test session: " + "; ".join(notes) + f". Fix: {fix}")
 
 
 def _used_networks() -> list[ipaddress.IPv4Network]:
@@ -768,6 +854,10 @@ def up(instance: str | None = None, nodes: int = DEFAULT_NODES, arm64: bool = Fa
     t0 = time.monotonic()
     with instance_lock(instance):
         state = load_state(instance)
+        reason = foreign_reason(state)
+        if reason:
+            raise LabError(f"{reason}. Fix: deploy and test from that checkout, or `HOMECLOUD_LAB={instance} "
+                           "python -m lab down` first, or use another instance (HOMECLOUD_LAB=<name>)")
         if state is not None and _link_exists(state["bridge"]):
             wanted = len(plan_nodes(nodes, arm64))
             if wanted != len(state["nodes"]):
@@ -859,6 +949,7 @@ def _fresh_up(instance: str, nodes: int, arm64: bool, t0: float) -> dict:
         "nodes": [],
         "timings": {},
     }
+    _record_owner(state)
     for spec in plan:
         name = spec["name"]
         state["nodes"].append({
@@ -987,6 +1078,8 @@ def _down(instance: str) -> None:
     for loop in _losetup_list():
         if (loop.get("back-file") or "").startswith(prefix):
             sh(["losetup", "-d", loop["name"]], check=False)
+    if state is not None and owned_here(state):
+        owner_path(instance).unlink(missing_ok=True)
     shutil.rmtree(folder, ignore_errors=True)
 
 

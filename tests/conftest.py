@@ -54,6 +54,30 @@ def pytest_configure(config):
         "destructive: crashes, powers off or cuts nodes; runs only on a lab (--lab=local/vagrant), "
         "never with --inventory",
     )
+    _claim_local_lab(config)
+
+
+def _claim_local_lab(config):
+    """--lab=local: pick the lab instance this session uses and hold its session lock until the
+    session ends (lab.core.claim_for_session): never one another session is using, nor one
+    another checkout brought up (its nodes hold that checkout's secrets). The choice goes to
+    $HOMECLOUD_LAB, which the lab API, the lab inventory and every pyinfra run read."""
+    if config.getoption("--lab") != "local" or config.getoption("--inventory") or os.geteuid() != 0:
+        return
+    if getattr(config, "_homecloud_lab_lock", None) is not None:
+        return
+    from lab import core
+
+    try:
+        instance, fd, notes = core.claim_for_session(os.environ.get("HOMECLOUD_LAB"))
+    except core.LabError as e:
+        raise pytest.UsageError(str(e)) from None
+    config._homecloud_lab_lock = fd
+    os.environ["HOMECLOUD_LAB"] = instance
+    if notes:
+        import sys
+
+        print(f"lab tier: using lab `{instance}`: " + "; ".join(notes), file=sys.stderr)
 
 
 @pytest.hookimpl(tryfirst=True)

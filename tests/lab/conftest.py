@@ -1,7 +1,8 @@
 """
 Fixtures for the lab tier (tests/lab/test_*.py). Selected with the options of tests/conftest.py:
 
-- ``--lab=local``: the nspawn lab of this host (instance $HOMECLOUD_LAB, default `hc`; root
+- ``--lab=local``: the nspawn lab of this host (instance $HOMECLOUD_LAB, else the first of `hc`,
+  `hc2` ... that no other session holds and no other checkout owns: tests/conftest.py; root
   needed). Brought up when it is not (``$HOMECLOUD_LAB_NODES`` nodes, default 4) and taken down
   at the end only if this session brought it up (``HOMECLOUD_LAB_KEEP=1`` keeps it);
 - ``--lab=vagrant``: lab/vagrant.py (``available()``, ``up()``, ``destroy()``) and
