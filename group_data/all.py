@@ -122,7 +122,7 @@ keepalived_priority = None
 # internet needed anywhere) or "off" (the k3s layer is skipped, with a notice).
 k3s_install = "download"
 # The pinned k3s release (vMAJOR.MINOR.PATCH+k3sN). Bump it to upgrade, one server at a time.
-k3s_version = "v1.31.4+k3s1"
+k3s_version = "v1.36.4+k3s1"
 # Airgap folder on the controller: k3s, k3s-arm64, k3s-armhf, sha256sum-<arch>.txt and
 # optional k3s-airgap-images-<arch>.tar[.zst|.gz], as named on the k3s release page (the armhf
 # files are sha256sum-arm.txt and k3s-airgap-images-arm.tar.zst there).

@@ -8,6 +8,11 @@ name without its leading dashes. A key unknown to the pinned release is refused 
 did-you-mean, before any host changes: on the node a typo would at best be ignored silently
 and at worst stop k3s from starting, and either would only show up later.
 
+1.34 to 1.37 were added from the k3s release notes (k3s-io/docs docs/release-notes/v1.3X.X.md):
+they announce one new flag in that span (1.37's write-kubeconfig-name) and none removed; a flag
+added without a note would be refused here until it is added (a false refusal, never a silent
+pass).
+
 To support a new minor release: read its `k3s server --help` / `k3s agent --help` (or the docs
 page of that release), add the flags it introduced with that minor as their first version in
 `_SINCE`, and add the minor to SUPPORTED_MINORS.
@@ -21,7 +26,7 @@ from typing import Any, Iterable
 
 import yaml
 
-SUPPORTED_MINORS = ((1, 29), (1, 30), (1, 31), (1, 32), (1, 33))
+SUPPORTED_MINORS = ((1, 29), (1, 30), (1, 31), (1, 32), (1, 33), (1, 34), (1, 35), (1, 36), (1, 37))
 
 VERSION_RE = re.compile(r"v(\d+)\.(\d+)\.(\d+)\+k3s(\d+)")
 
@@ -75,6 +80,9 @@ _SINCE: dict[str, tuple[int, int]] = {
     "secrets-encryption-provider": (1, 31),
     "etcd-s3-bucket-lookup-type": (1, 32),
     "etcd-s3-retention": (1, 32),
+    # k3s-io/docs docs/release-notes/v1.37.X.md, v1.37.0+k3s1: "Added `--write-kubeconfig-name`
+    # server flag" (#14440). The v1.34.X-v1.36.X notes announce no flag added or removed.
+    "write-kubeconfig-name": (1, 37),
 }
 _SINCE_AGENT = {"image-service-endpoint", "nonroot-devices"}
 
@@ -105,7 +113,7 @@ class K3sConfigError(ValueError):
 def parse_version(version: str) -> tuple[int, int, int, int]:
     match = VERSION_RE.fullmatch(version or "")
     if not match:
-        raise K3sConfigError(f"`{version}` is not a k3s release; write it like v1.31.4+k3s1")
+        raise K3sConfigError(f"`{version}` is not a k3s release; write it like v1.36.4+k3s1")
     return tuple(int(x) for x in match.groups())  # type: ignore[return-value]
 
 

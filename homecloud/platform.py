@@ -274,13 +274,15 @@ def traefik_values(s: Settings, platform_dir: Path = PLATFORM_DIR) -> dict:
         }
     }
     if s.tls == "acme":
-        over["ports"]["websecure"]["tls"] = {"certResolver": ACME_RESOLVER, "domains": [{"main": s.domain}]}
-        over["certResolvers"] = {
+        over["ports"]["websecure"]["http"] = {"tls": {"certResolver": ACME_RESOLVER, "domains": [{"main": s.domain}]}}
+        over["certificatesResolvers"] = {
             ACME_RESOLVER: {
-                "email": s.acme_email,
-                "caServer": ACME_SERVERS[s.acme_server],
-                "storage": ACME_STORAGE,
-                "httpChallenge": {"entryPoint": "web"},
+                "acme": {
+                    "email": s.acme_email,
+                    "caServer": ACME_SERVERS[s.acme_server],
+                    "storage": ACME_STORAGE,
+                    "httpChallenge": {"entryPoint": "web"},
+                }
             }
         }
         # acme.json must survive restarts (Let's Encrypt rate-limits re-issuing), on a volume

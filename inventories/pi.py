@@ -36,7 +36,7 @@ _cluster = {
     "keepalived_router_id": 51,
     "keepalived_auth_pass": secret("keepalived_auth_pass", length=8),
     "k3s_install": "download",
-    "k3s_version": "v1.31.4+k3s1",
+    "k3s_version": "v1.36.4+k3s1",
     "samba_users": {"alice": secret("samba_alice", length=16)},
     "samba_shares": [
         {"name": "data", "path": "data", "read_only": False, "valid_users": ["alice"], "guest_ok": False},

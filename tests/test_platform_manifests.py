@@ -377,8 +377,10 @@ def test_traefik_module_does_what_the_issue_asks(kubectl):
     [config] = build(kubectl, PLATFORM / "traefik")
     assert (config["kind"], config["metadata"]["name"], config["metadata"]["namespace"]) == ("HelmChartConfig", "traefik", "kube-system")
     values = yaml.safe_load(config["spec"]["valuesContent"])
-    assert values["ports"]["web"]["redirectTo"] == {"port": "websecure"}
-    assert values["ports"]["websecure"]["tls"]["enabled"] is True
+    assert values["ports"]["web"]["http"]["redirections"]["entryPoint"] == {"to": "websecure", "scheme": "https", "permanent": True}
+    assert values["ports"]["websecure"]["http"]["tls"]["enabled"] is True
+    assert values["global"] == {"checkNewVersion": False, "sendAnonymousUsage": False}
+    assert values["ports"]["websecure"]["transport"]["respondingTimeouts"]["readTimeout"] == "3600s"
     assert values["ingressRoute"]["dashboard"]["enabled"] is False
     assert "expose" not in values["ports"].get("traefik", {}), "the dashboard entrypoint must stay off the Service"
     assert values["logs"]["access"]["enabled"] is True
@@ -421,20 +423,29 @@ def test_schema_checks_fail_on_broken_resources(kv, jsonschema):
 
 
 def test_values_check_fails_on_a_key_the_chart_does_not_have():
-    errors = values_errors([_helmchartconfig("ports:\n  web:\n    redirectto:\n      port: websecure\nlogs:\n  acces:\n    enabled: true\nresources:\n  anything: 1\n")])
+    # Chart 27's ports.<entrypoint>.redirectTo is gone from chart 40 (http.redirections.entryPoint).
+    errors = values_errors([_helmchartconfig("ports:\n  web:\n    redirectTo:\n      port: websecure\nlogs:\n  acces:\n    enabled: true\nresources:\n  anything: 1\n")])
     assert errors == [
-        "HelmChartConfig traefik: valuesContent key ports.web.redirectto is not in the chart's values.yaml",
-        "HelmChartConfig traefik: valuesContent key ports.web.redirectto.port is not in the chart's values.yaml",
+        "HelmChartConfig traefik: valuesContent key ports.web.redirectTo is not in the chart's values.yaml",
+        "HelmChartConfig traefik: valuesContent key ports.web.redirectTo.port is not in the chart's values.yaml",
         "HelmChartConfig traefik: valuesContent key logs.acces is not in the chart's values.yaml",
         "HelmChartConfig traefik: valuesContent key logs.acces.enabled is not in the chart's values.yaml",
     ]
-    # ACME options are checked one by one, though certResolvers is `{}` in the chart.
-    assert values_errors([_helmchartconfig("certResolvers:\n  le:\n    email: a@b.c\n    httpchallenge:\n      entryPoint: web\n")]) == [
-        "HelmChartConfig traefik: valuesContent key certResolvers.le.httpchallenge is not in the chart's values.yaml",
-        "HelmChartConfig traefik: valuesContent key certResolvers.le.httpchallenge.entryPoint is not in the chart's values.yaml",
+    # ACME options are checked one by one, though certificatesResolvers is `{}` in the chart; chart
+    # 27's certResolvers is gone.
+    assert values_errors([_helmchartconfig("certificatesResolvers:\n  le:\n    acme:\n      email: a@b.c\n      httpchallenge:\n        entryPoint: web\n")]) == [
+        "HelmChartConfig traefik: valuesContent key certificatesResolvers.le.acme.httpchallenge is not in the chart's values.yaml",
+        "HelmChartConfig traefik: valuesContent key certificatesResolvers.le.acme.httpchallenge.entryPoint is not in the chart's values.yaml",
     ]
-    # A key only the chart's comments document is accepted (redirectTo), an entrypoint name is free.
-    assert values_errors([_helmchartconfig("ports:\n  myport:\n    redirectTo:\n      port: websecure\n")]) == []
+    assert values_errors([_helmchartconfig("certResolvers:\n  le:\n    email: a@b.c\n")])[0] == (
+        "HelmChartConfig traefik: valuesContent key certResolvers is not in the chart's values.yaml"
+    )
+    # Keys only the chart's templates document are accepted (redirections.entryPoint.to), an
+    # entrypoint name is free; a field the template does not read is not.
+    assert values_errors([_helmchartconfig("ports:\n  myport:\n    http:\n      redirections:\n        entryPoint:\n          to: websecure\n")]) == []
+    assert values_errors([_helmchartconfig("ports:\n  web:\n    http:\n      redirections:\n        entryPoint:\n          port: websecure\n")]) == [
+        "HelmChartConfig traefik: valuesContent key ports.web.http.redirections.entryPoint.port is not in the chart's values.yaml",
+    ]
 
 
 def test_policy_checks_fail_on_bad_manifests():
@@ -549,18 +560,19 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
     values = yaml.safe_load(config["spec"]["valuesContent"])
     for entrypoint in ("web", "websecure"):
         assert values["ports"][entrypoint]["forwardedHeaders"] == {"trustedIPs": [settings.lan_cidr]}
-    assert values["ports"]["web"]["redirectTo"] == {"port": "websecure"}, "the module's values survive the overlay"
+    assert values["ports"]["web"]["http"]["redirections"]["entryPoint"]["to"] == "websecure", "the module's values survive the overlay"
+    assert values["ports"]["websecure"]["http"]["tls"]["enabled"] is True, "the module's values survive the overlay"
     if settings.tls == "acme":
-        resolver = values["certResolvers"]["letsencrypt"]
+        resolver = values["certificatesResolvers"]["letsencrypt"]["acme"]
         assert resolver["email"] == settings.acme_email and resolver["httpChallenge"] == {"entryPoint": "web"}
         assert resolver["caServer"].startswith("https://acme-staging" if settings.acme_server == "staging" else "https://acme-v02")
-        assert values["ports"]["websecure"]["tls"]["certResolver"] == "letsencrypt"
-        assert values["ports"]["websecure"]["tls"]["domains"] == [{"main": settings.domain}]
+        assert values["ports"]["websecure"]["http"]["tls"]["certResolver"] == "letsencrypt"
+        assert values["ports"]["websecure"]["http"]["tls"]["domains"] == [{"main": settings.domain}]
         assert (values["persistence"]["enabled"], values["persistence"]["storageClass"]) == (True, settings.acme_storage_class)
         assert resolver["storage"].startswith(values["persistence"].get("path", "/data") + "/")
         assert values["updateStrategy"]["type"] == "Recreate"
     else:
-        assert "certResolvers" not in values and "persistence" not in values
+        assert "certificatesResolvers" not in values and "persistence" not in values
 
     if "monitoring" in built:
         check_monitoring_overlay(settings, built["monitoring"])

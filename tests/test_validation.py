@@ -153,7 +153,7 @@ BAD = {
     ),
     "k3s_version_malformed": (
         lambda ns: set_all(ns, k3s_version="1.31"),
-        "pi1: k3s_version: `'1.31'` is not a k3s release. Fix: write it like v1.31.4+k3s1",
+        "pi1: k3s_version: `'1.31'` is not a k3s release. Fix: write it like v1.36.4+k3s1",
     ),
     "router_id_range": (
         lambda ns: set_all(ns, keepalived_router_id=300),
@@ -279,7 +279,7 @@ BAD = {
     ),
     "k3s_config_key_typo": (
         lambda ns: set_all(ns, k3s_server_config={"disable-netwrk-policy": True}),
-        "pi1: k3s_server_config: `disable-netwrk-policy` is not a k3s server flag in v1.31.4+k3s1. Fix: did you mean `disable-network-policy`?",
+        "pi1: k3s_server_config: `disable-netwrk-policy` is not a k3s server flag in v1.36.4+k3s1. Fix: did you mean `disable-network-policy`?",
     ),
     "k3s_config_managed_key": (
         lambda ns: set_all(ns, k3s_agent_config={"token": "x"}),
@@ -834,7 +834,7 @@ def _pyinfra(*args, timeout=120):
 def test_cli_broken_inventory_fails_before_connecting(tmp_path):
     """A broken copy of inventories/pi.py stops while pyinfra loads it: no connection attempt."""
     broken = (REPO / "inventories" / "pi.py").read_text().replace('"vip": "192.168.1.240"', '"vip": "10.9.9.9"')
-    broken = broken.replace('"k3s_version": "v1.31.4+k3s1"', '"k3s_verison": "v1.31.4+k3s1"')
+    broken = broken.replace('"k3s_version": "v1.36.4+k3s1"', '"k3s_verison": "v1.36.4+k3s1"')
     path = tmp_path / "broken.py"
     path.write_text(broken)
     result = _pyinfra("--dry", str(path), "deploys/all.py")

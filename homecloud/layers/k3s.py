@@ -101,8 +101,8 @@ LAYER = Layer(
         ),
         Key(
             "k3s_version",
-            Kind(pattern=K3S_VERSION_RE, bad="is not a k3s release", fix="write it like v1.31.4+k3s1 (see the k3s releases page)"),
-            "v1.31.4+k3s1",
+            Kind(pattern=K3S_VERSION_RE, bad="is not a k3s release", fix="write it like v1.36.4+k3s1 (see the k3s releases page)"),
+            "v1.36.4+k3s1",
             "The pinned k3s release (vMAJOR.MINOR.PATCH+k3sN). Bump it to upgrade, one server at a time.",
             K3S_GROUPS,
         ),

@@ -38,7 +38,7 @@ from lab import results
 REPO_ROOT = Path(__file__).resolve().parents[2]
 NOT_K3S = "homecloud lab stand-in for k3s (NOT k3s)"
 # A version k3s really released, newer than the default pin (override to test another bump).
-UPGRADE_TO = os.environ.get("HOMECLOUD_TEST_K3S_UPGRADE_TO", "v1.31.5+k3s1")
+UPGRADE_TO = os.environ.get("HOMECLOUD_TEST_K3S_UPGRADE_TO", "v1.36.5+k3s1")
 
 
 def _sha(data: bytes) -> str:
