@@ -373,7 +373,40 @@ def test_module_builds_and_passes_every_check(module, kubectl, kv, jsonschema):
     assert all_errors(objects, kv, jsonschema) == []
 
 
-def test_traefik_module_does_what_the_issue_asks(kubectl):
+def helm_coalesce(base: dict, over: dict) -> dict:
+    """Helm's merge of user values over a chart's defaults: maps merge, a null deletes the key."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = helm_coalesce(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def traefik_values_schema_errors(values: dict, jsonschema) -> list[str]:
+    """What Helm would refuse before installing: the bundled chart's defaults with `values` merged
+    over them, against the chart's values.schema.json (chart 40 ships one; 27 did not)."""
+    version = traefik_chart_version()
+    schema_file = DATA / f"traefik-{version}.values.schema.json"
+    if not schema_file.exists():
+        return []
+    schema = json.loads(schema_file.read_text())
+    defaults = yaml.safe_load((DATA / f"traefik-{version}.values.yaml").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    merged = helm_coalesce(defaults, values)
+    return sorted(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(merged))
+
+
+def test_traefik_values_schema_check_fails_on_a_wrong_type(jsonschema):
+    assert traefik_chart_version() == "40.1.0", "pin moved: check this test's keys against the new chart"
+    errors = traefik_values_schema_errors({"ports": {"websecure": {"http": {"tls": {"enabled": "yes"}}}}, "deployment": {"replicas": None}}, jsonschema)
+    assert errors == ["ports.websecure.http.tls.enabled: 'yes' is not of type 'boolean'"]
+
+
+def test_traefik_module_does_what_the_issue_asks(kubectl, jsonschema):
     [config] = build(kubectl, PLATFORM / "traefik")
     assert (config["kind"], config["metadata"]["name"], config["metadata"]["namespace"]) == ("HelmChartConfig", "traefik", "kube-system")
     values = yaml.safe_load(config["spec"]["valuesContent"])
@@ -381,6 +414,7 @@ def test_traefik_module_does_what_the_issue_asks(kubectl):
     assert values["ports"]["websecure"]["http"]["tls"]["enabled"] is True
     assert values["global"] == {"checkNewVersion": False, "sendAnonymousUsage": False}
     assert values["ports"]["websecure"]["transport"]["respondingTimeouts"]["readTimeout"] == "3600s"
+    assert traefik_values_schema_errors(values, jsonschema) == []
     assert values["ingressRoute"]["dashboard"]["enabled"] is False
     assert "expose" not in values["ports"].get("traefik", {}), "the dashboard entrypoint must stay off the Service"
     assert values["logs"]["access"]["enabled"] is True
@@ -558,6 +592,7 @@ def test_overlay_builds_and_passes_every_check(name, tmp_path, kubectl, kv, json
 
     [config] = built["traefik"]
     values = yaml.safe_load(config["spec"]["valuesContent"])
+    assert traefik_values_schema_errors(values, jsonschema) == []
     for entrypoint in ("web", "websecure"):
         assert values["ports"][entrypoint]["forwardedHeaders"] == {"trustedIPs": [settings.lan_cidr]}
     assert values["ports"]["web"]["http"]["redirections"]["entryPoint"]["to"] == "websecure", "the module's values survive the overlay"
