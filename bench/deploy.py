@@ -11,11 +11,15 @@ In one run it measures:
    any pyinfra run costs: start-up, inventory, SSH connections, one command per host);
 2. the first converge of deploys/all.py on those fresh nodes;
 3. the no-op re-run of deploys/all.py (it must change nothing);
-4. the same no-op re-run on 8 nodes (a fresh 8-node lab, converged first).
+4. the first-converge floor on 4 fresh nodes (bench/converge_floor.py): per node one
+   `apt-get update` + one `apt-get install` of exactly the packages the first converge added
+   to it (read with dpkg-query before and after), through the same apt proxy, and one file
+   upload per file the converge uploaded - what a converge cannot do with less;
+5. the same no-op re-run on 8 nodes (a fresh 8-node lab, converged first).
 
-Targets: no-op re-run <= 3x the connection floor, and the no-op re-run grows < 1.3x from 4 to
-8 nodes. Exit status 0 when both are met, 1 when not, 2 when the run failed or a re-run was not
-a no-op (an idempotency defect: such runs are reported with what they changed and left out of
+Targets: no-op re-run <= 3x the connection floor, first converge <= 1.5x its floor, and the
+no-op re-run grows < 1.3x from 4 to 8 nodes. Exit status 0 when all are met, 1 when not, 2
+when the run failed or a re-run was not a no-op (an idempotency defect: such runs are reported with what they changed and left out of
 the timings; an extra run replaces each of them).
 
 Round trips: every pyinfra run goes through this script's `count` mode, which runs the pyinfra
@@ -46,7 +50,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 INVENTORY = "inventories/lab.py"
 DEPLOY = "deploys/all.py"
 NOOP_FLOOR_RATIO = 3.0
+CONVERGE_FLOOR_RATIO = 1.5
 SCALING_RATIO = 1.3
+FLOOR_DEPLOY = "bench/converge_floor.py"
 
 
 # --- count mode: one pyinfra CLI run with round-trip counters ---------------------------------
@@ -177,6 +183,24 @@ def fresh_lab(api, nodes: int) -> None:
         raise BenchError(f"lab up --nodes {nodes} gave {got} nodes")
 
 
+def installed_packages(api) -> dict[str, set[str]]:
+    """Per node: the packages dpkg has installed ("ii")."""
+    out = {}
+    for node in api.nodes():
+        text = api.run(node["name"], "dpkg-query -W -f='${db:Status-Abbrev} ${Package}\\n'").stdout
+        out[node["name"]] = {line.split()[1] for line in text.splitlines() if line.startswith("ii ")}
+    return out
+
+
+def measure_converge_floor(api, plan: dict, log_dir: Path) -> dict:
+    """The first-converge floor on fresh nodes (see bench/converge_floor.py)."""
+    fresh_lab(api, len(plan))
+    plan_file = log_dir / "converge-floor-plan.json"
+    plan_file.write_text(json.dumps(plan, indent=1, sort_keys=True), encoding="utf-8")
+    os.environ["HOMECLOUD_BENCH_FLOOR_PLAN"] = str(plan_file)
+    return pyinfra_run([INVENTORY, FLOOR_DEPLOY], "converge-floor-4", log_dir)
+
+
 def measure_noop(label: str, repeat: int, log_dir: Path, not_idempotent: list[str]) -> tuple[float, list[dict]]:
     """
     `repeat` re-runs that change nothing, timed. A re-run that changes something is an
@@ -247,10 +271,24 @@ def bench(repeat: int, keep: bool) -> int:
             print(f"  connection floor run {i + 1}: {run['seconds']:.1f} s", flush=True)
             floors.append(run)
         results["floor_4"] = statistics.median(r["seconds"] for r in floors)
+        before = installed_packages(api)
         converge = pyinfra_run([INVENTORY, DEPLOY], "converge-4", log_dir)
         results["converge_4"] = converge["seconds"]
         print(f"  first converge: {converge['seconds']:.1f} s ({len(changed_operations(converge))} operations changed something on some host)", flush=True)
+        after = installed_packages(api)
+        plan = {
+            host: {"packages": sorted(after[host] - before.get(host, set())), "uploads": converge["counts"].get(host, {}).get("uploads", 0)}
+            for host in sorted(after)
+        }
         results["noop_4"], noop4 = measure_noop("no-op-4", repeat, log_dir, not_idempotent)
+        floor_run = measure_converge_floor(api, plan, log_dir)
+        results["converge_floor_4"] = floor_run["seconds"]
+        print(
+            f"  first-converge floor: {floor_run['seconds']:.1f} s ("
+            + ", ".join(f"{h} {p['uploads']} uploads + {len(p['packages'])} packages" for h, p in plan.items())
+            + ")",
+            flush=True,
+        )
 
         print("\n8 nodes:")
         fresh_lab(api, 8)
@@ -270,23 +308,27 @@ def bench(repeat: int, keep: bool) -> int:
     print_counts("no-op re-run, 8 nodes", noop8[0]["counts"])
 
     noop_ratio = results["noop_4"] / results["floor_4"]
+    converge_ratio = results["converge_4"] / results["converge_floor_4"]
     scaling = results["noop_8"] / results["noop_4"]
     print("\nresults (median of %d runs where repeated)" % repeat)
     print(f"  connection floor (4 nodes)   {results['floor_4']:7.1f} s")
     print(f"  first converge (4 nodes)     {results['converge_4']:7.1f} s")
+    print(f"  first-converge floor (4)     {results['converge_floor_4']:7.1f} s")
     print(f"  no-op re-run (4 nodes)       {results['noop_4']:7.1f} s")
     print(f"  first converge (8 nodes)     {results['converge_8']:7.1f} s")
     print(f"  no-op re-run (8 nodes)       {results['noop_8']:7.1f} s")
     ok_floor = noop_ratio <= NOOP_FLOOR_RATIO
     ok_scaling = scaling < SCALING_RATIO
+    ok_converge = converge_ratio <= CONVERGE_FLOOR_RATIO
     print(f"  no-op / floor (4 nodes)      {noop_ratio:7.2f}x  target <= {NOOP_FLOOR_RATIO}x  {'PASS' if ok_floor else 'FAIL'}")
+    print(f"  converge / its floor (4)     {converge_ratio:7.2f}x  target <= {CONVERGE_FLOOR_RATIO}x  {'PASS' if ok_converge else 'FAIL'}")
     print(f"  no-op 8 nodes / 4 nodes      {scaling:7.2f}x  target < {SCALING_RATIO}x   {'PASS' if ok_scaling else 'FAIL'}")
     if not_idempotent:
         print("\nNOT IDEMPOTENT (a re-run changed something; those runs are not in the timings):")
         for line in not_idempotent:
             print(f"  {line}")
         return 2
-    return 0 if ok_floor and ok_scaling else 1
+    return 0 if ok_floor and ok_scaling and ok_converge else 1
 
 
 def main(argv: list[str] | None = None) -> int:
