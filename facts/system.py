@@ -1,9 +1,13 @@
 """
 Generic facts about a node's system, read in one command for several items at once: Debian
-package states, file states (mode, owner, checksum), systemd unit states, a Unix account.
+package states, file states (mode, owner, checksum), systemd unit states, a unit's age against
+its configuration, a Unix account.
 """
 
 from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
 
 from pyinfra.api import FactBase, QuoteString, StringCommand
 
@@ -143,6 +147,59 @@ class UnitStates(FactBase):
             for name, block in zip(names, blocks)
             if name
         }
+
+
+_UTC_STAMP_RE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}) UTC$")
+
+
+class ServiceAge(FactBase):
+    """
+    Whether a systemd unit is active, when it last became active, and the newest change time of
+    some files (seconds since the epoch, to the microsecond; files that do not exist are left
+    out): a service active since before its configuration last changed still runs the old one.
+
+    .. code:: python
+
+        {
+            "active": True,
+            "since": 1796313261.939978,
+            "newest": 1796313200.5,
+            "newest_path": "/etc/ganesha/ganesha.conf",
+        }
+    """
+
+    requires_command = "systemctl"
+
+    def default(self):
+        return {"active": False, "since": None, "newest": None, "newest_path": None}
+
+    def command(self, unit, paths):
+        return StringCommand(
+            "systemctl show -p ActiveState -p ActiveEnterTimestamp --timestamp=us+utc --",
+            QuoteString(unit),
+            "2>/dev/null; stat -c 'mtime %.6Y %n' --",
+            *[QuoteString(p) for p in paths],
+            "2>/dev/null || true",
+        )
+
+    def process(self, output):
+        result = self.default()
+        for line in output:
+            line = line.rstrip("\n")
+            if line.startswith("ActiveState="):
+                result["active"] = line.partition("=")[2] in ("active", "reloading")
+            elif line.startswith("ActiveEnterTimestamp="):
+                # "Thu 2026-12-03 23:00:00.123456 UTC" (the weekday follows the locale); empty
+                # when the unit never started.
+                match = _UTC_STAMP_RE.search(line)
+                if match:
+                    stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=timezone.utc)
+                    result["since"] = stamp.timestamp()
+            elif line.startswith("mtime "):
+                _, seconds, path = line.split(" ", 2)
+                if result["newest"] is None or float(seconds) > result["newest"]:
+                    result["newest"], result["newest_path"] = float(seconds), path
+        return result
 
 
 class UnixAccount(FactBase):

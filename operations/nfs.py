@@ -127,6 +127,10 @@ def render_ganesha(
     return "\n".join(lines)
 
 
+GANESHA_CONF = "/etc/ganesha/ganesha.conf"
+NFS_CONF_DROPIN = "/etc/nfs.conf.d/homecloud.conf"
+
+
 @operation()
 def kernel_exports(
     exports: list[dict],
@@ -183,7 +187,7 @@ def ganesha_config(
     exports: list[dict],
     anonuid: int,
     anongid: int,
-    config: str = "/etc/ganesha/ganesha.conf",
+    config: str = GANESHA_CONF,
     grace_period: int = 20,
     lease_lifetime: int = 15,
     mountd_port: int = 20048,
@@ -262,7 +266,7 @@ def helper_ports(
     statd_port: int,
     lockd_port: int,
     kernel_server: bool = True,
-    path: str = "/etc/nfs.conf.d/homecloud.conf",
+    path: str = NFS_CONF_DROPIN,
     present: bool = True,
 ):
     """

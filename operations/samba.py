@@ -94,6 +94,10 @@ def _unmask(value: str | HiddenValue) -> str:
 # --- Samba users ------------------------------------------------------------------------------
 
 
+SMB_CONF = "/etc/samba/smb.conf"
+SAMBA_INCLUDE = "/etc/samba/homecloud.conf"
+
+
 @operation()
 def user(
     user: str,
@@ -293,8 +297,8 @@ def config(
     min_protocol: str = "SMB2_10",
     default_shares: bool = False,
     netbios: bool = False,
-    smb_conf: str = "/etc/samba/smb.conf",
-    include: str = "/etc/samba/homecloud.conf",
+    smb_conf: str = SMB_CONF,
+    include: str = SAMBA_INCLUDE,
     present: bool = True,
 ):
     """

@@ -23,7 +23,7 @@ from pyinfra.api.util import get_file_sha1
 from pyinfra.operations.apt import noninteractive_apt
 from pyinfra.operations.util import files as file_utils
 
-from facts.system import DebStatus, FileStates, FolderAccess, UnitStates, UnixAccount
+from facts.system import DebStatus, FileStates, FolderAccess, ServiceAge, UnitStates, UnixAccount
 from homecloud.schema import UNIX_USER_RE as ACCOUNT_RE
 
 # What pyinfra's systemd facts count as running (SubState) and enabled (UnitFileState).
@@ -377,8 +377,9 @@ def services(services: list[str], running: bool = True, enabled: bool = True):
     + enabled: True enables the disabled ones, False disables the enabled ones
 
     Running and enabled mean what they mean to pyinfra's ``systemd.service`` (a ``static``
-    unit counts as enabled, an ``exited`` oneshot as running). Restart or reload a service
-    whose configuration changed with ``systemd.service(..., _if=...)``.
+    unit counts as enabled, an ``exited`` oneshot as running). Restart a service whose
+    configuration changed with ``restarted_if_older`` (decided from the node, so a failed run
+    is caught up), reload one with ``systemd.service(..., _if=...)``.
 
     **Example:**
 
@@ -403,6 +404,47 @@ def services(services: list[str], running: bool = True, enabled: bool = True):
             f"{', '.join(units)} {'running' if running else 'stopped'} and "
             f"{'enabled' if enabled else 'disabled'}"
         )
+
+
+@operation()
+def restarted_if_older(service: str, paths: list[str]):
+    """
+    Restart a running service that became active before the last change of any of its
+    configuration files: what ``systemd.service(restarted=True, _if=config.did_change)`` does,
+    but decided from the node. A run that wrote the configuration and then failed before the
+    restart is caught up by the next run, which ``_if`` cannot do (the file no longer changes).
+
+    + service: the systemd unit (``.service`` added to a name without a suffix)
+    + paths: the files the service reads when it starts (ones that do not exist are ignored)
+
+    A stopped service is left alone: it reads its configuration when it starts. The comparison
+    is to the microsecond; the restart makes the service younger than its files, so the next run
+    is a no-op.
+
+    **Example:**
+
+    .. code:: python
+
+        system.restarted_if_older(
+            name="nfs-ganesha runs its current configuration",
+            service="nfs-ganesha",
+            paths=["/etc/ganesha/ganesha.conf"],
+        )
+    """
+    if not paths:
+        raise OperationError("paths must name at least one configuration file")
+    unit = service if "." in service else f"{service}.service"
+    age = host.get_fact(ServiceAge, unit=unit, paths=list(paths))
+    if not age["active"]:
+        host.noop(f"{unit} is not running: it reads its configuration when it starts")
+        return
+    if age["newest"] is None:
+        host.noop(f"none of {', '.join(paths)} exists")
+        return
+    if age["since"] is not None and age["newest"] <= age["since"]:
+        host.noop(f"{unit} started after {age['newest_path']} last changed")
+        return
+    yield StringCommand("systemctl", "restart", QuoteString(unit))
 
 
 @operation()

@@ -189,16 +189,20 @@ def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
         # The other backend would hold port 2049: stop it if it is there.
         system.services(name="nfs-ganesha is off", services=["nfs-ganesha"], running=False, enabled=False)
         system.packages(name="Install the kernel NFS server", packages=["nfs-kernel-server"])
-        ports = nfs_ops.helper_ports(
+        nfs_ops.helper_ports(
             name=f"NFS helpers on fixed ports: mountd {mountd_port}, statd {statd_port}, lockd {lockd_port} (TCP and UDP)",
             mountd_port=mountd_port,
             statd_port=statd_port,
             lockd_port=lockd_port,
         )
         nfs_ops.kernel_exports(name="NFS exports (kernel server)", exports=exports, anonuid=uid, anongid=gid)
-        system.services(name="Kernel NFS server is running", services=["nfs-server"])
-        systemd.service(name="Restart statd (its ports changed)", service="rpc-statd", restarted=True, _if=ports.did_change)
-        systemd.service(name="Restart the NFS server (its helper ports changed)", service="nfs-server", restarted=True, _if=ports.did_change)
+        # statd too: it answers NFSv3 lock recovery on its fixed port (a restart below only
+        # restarts what runs).
+        system.services(name="Kernel NFS server and statd are running", services=["nfs-server", "rpc-statd"])
+        # Restarts decided from the node (service older than its file), not from this run's
+        # changes: a run that wrote the file and failed before the restart is caught up.
+        system.restarted_if_older(name="statd runs with its current port", service="rpc-statd", paths=[nfs_ops.NFS_CONF_DROPIN])
+        system.restarted_if_older(name="The NFS server runs with its current helper ports", service="nfs-server", paths=[nfs_ops.NFS_CONF_DROPIN])
         return
 
     # ganesha. The other backend would hold port 2049: stop it and drop its exports if it is there.
@@ -206,10 +210,10 @@ def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
     nfs_ops.kernel_exports(name="No kernel NFS exports", exports=[], anonuid=uid, anongid=gid, present=False)
     system.packages(name="Install nfs-ganesha", packages=["nfs-ganesha", "nfs-ganesha-vfs", "rpcbind", "dbus"])
     # ganesha serves MOUNT and NLM itself (ports in its configuration); statd is nfs-common's.
-    ports = nfs_ops.helper_ports(
+    nfs_ops.helper_ports(
         name=f"statd on a fixed port ({statd_port})", mountd_port=mountd_port, statd_port=statd_port, lockd_port=lockd_port, kernel_server=False
     )
-    ganesha = nfs_ops.ganesha_config(
+    nfs_ops.ganesha_config(
         name=f"nfs-ganesha configuration (MOUNT on port {mountd_port}, NLM on {lockd_port})",
         exports=exports, anonuid=uid, anongid=gid, mountd_port=mountd_port, nlm_port=lockd_port,
     )
@@ -224,8 +228,8 @@ def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
     systemd.daemon_reload(name="systemd reloads nfs-ganesha's unit", _if=stop_wait.did_change)
     system.services(name="rpcbind (NFSv3) and nfs-ganesha are running", services=["rpcbind", "nfs-ganesha"])
     # With ganesha, statd runs as nfs-ganesha-lock.service (rpc-statd.service would find it running).
-    systemd.service(name="Restart statd (its port changed)", service="nfs-ganesha-lock", restarted=True, _if=ports.did_change)
-    systemd.service(name="Restart nfs-ganesha (configuration changed)", service="nfs-ganesha", restarted=True, _if=ganesha.did_change)
+    system.restarted_if_older(name="statd runs with its current port", service="nfs-ganesha-lock", paths=[nfs_ops.NFS_CONF_DROPIN])
+    system.restarted_if_older(name="nfs-ganesha runs its current configuration", service="nfs-ganesha", paths=[nfs_ops.GANESHA_CONF])
 
 
 def apply(state, host) -> None:

@@ -168,7 +168,7 @@ def samba(settings: SambaSettings, salt: str, prepared: list[str] | None = None)
             salt=salt,
             secrets={f"samba_users.{u}": HiddenValue(users[u]) for u in sorted(users)},
         )
-    shares_config = samba_ops.config(
+    samba_ops.config(
         name="Samba shares (checked with testparm)",
         shares=shares,
         users=sorted(users),
@@ -183,8 +183,10 @@ def samba(settings: SambaSettings, salt: str, prepared: list[str] | None = None)
     netbios = settings.samba_netbios
     system.services(name="NetBIOS name service (nmbd) is " + ("on" if netbios else "off"), services=["nmbd"], running=netbios, enabled=netbios)
     system.services(name="Samba is running", services=["smbd"])
-    # A restart, not a reload: the ports smbd listens on (445 only without NetBIOS) change only then.
-    systemd.service(name="Restart Samba (configuration changed)", service="smbd", restarted=True, _if=shares_config.did_change)
+    # A restart, not a reload: the ports smbd listens on (445 only without NetBIOS) change only
+    # then. Decided from the node (smbd older than its files), so a run that failed after writing
+    # the configuration is caught up by the next one.
+    system.restarted_if_older(name="Samba runs its current configuration", service="smbd", paths=[samba_ops.SMB_CONF, samba_ops.SAMBA_INCLUDE])
 
 
 def apply(state, host) -> None:

@@ -424,3 +424,22 @@ def test_second_run_changes_nothing(nas, pyinfra_run):
     errors = {op["name"]: op["error"] for op in result["results"]["operations"] if op["error"]}
     assert not errors, errors
     assert not changed, f"a second run changed: {changed}"
+
+
+def test_a_restart_lost_with_a_failed_run_happens_on_the_next_run(nas, pyinfra_run):
+    """A run that wrote the NFS server's configuration and died before the restart (here: the
+    file is touched): the next run restarts the server, the one after changes nothing."""
+    spec, host = nas[0]
+    backend = spec.data.get("nfs_backend", "ganesha")
+    config, unit = ("/etc/ganesha/ganesha.conf", "nfs-ganesha") if backend == "ganesha" else ("/etc/nfs.conf.d/homecloud.conf", "nfs-server")
+    show = f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}"
+    before = host.run(show).stdout.strip()
+    assert host.run(f"touch {config}").rc == 0
+    result = pyinfra_run("deploys/nfs.py", "--limit", spec.name)
+    assert result["returncode"] == 0
+    changed = [op["name"] for op in result["results"]["operations"] if op["success"]]
+    assert any(name.endswith("runs its current configuration") or "current helper ports" in name for name in changed), changed
+    assert host.run(show).stdout.strip() != before, f"{unit} was not restarted"
+    prove_exports(nas)
+    again = pyinfra_run("deploys/nfs.py", "--limit", spec.name)
+    assert not [op["name"] for op in again["results"]["operations"] if op["success"]], "the restart is not idempotent"

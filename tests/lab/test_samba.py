@@ -304,3 +304,22 @@ def test_a_config_testparm_refuses_never_replaces_the_live_one(nas, pyinfra_run)
     again = pyinfra_run("deploys/samba.py", "--limit", spec.name)
     assert again["returncode"] == 0
     assert not [op["name"] for op in again["results"]["operations"] if op["success"]], "repairing smb.conf needed changes"
+
+
+def _active_since(host, unit: str) -> str:
+    return host.run(f"systemctl show -p ActiveEnterTimestampMonotonic --value {unit}").stdout.strip()
+
+
+def test_a_restart_lost_with_a_failed_run_happens_on_the_next_run(nas, pyinfra_run):
+    """A run that wrote smb.conf's include and died before restarting smbd (here: the file is
+    touched, smbd left as it was): the next run restarts smbd, the one after changes nothing."""
+    spec, host = nas[0]
+    before = _active_since(host, "smbd")
+    assert host.run("touch /etc/samba/homecloud.conf").rc == 0
+    result = pyinfra_run("deploys/samba.py", "--limit", spec.name)
+    assert result["returncode"] == 0
+    changed = [op["name"].split(" | ")[-1] for op in result["results"]["operations"] if op["success"]]
+    assert changed == ["Samba runs its current configuration"], changed
+    assert _active_since(host, "smbd") != before, "smbd was not restarted"
+    again = pyinfra_run("deploys/samba.py", "--limit", spec.name)
+    assert not [op["name"] for op in again["results"]["operations"] if op["success"]], "the restart is not idempotent"
