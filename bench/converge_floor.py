@@ -15,9 +15,13 @@ import os
 import shlex
 from io import BytesIO
 
-from pyinfra import host
+from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
+from homecloud.connections import tcp_nodelay
+
+# The same connections as a deploy's (deploys/*.py): the floor is not slowed by Nagle either.
+tcp_nodelay(state)
 plan = json.loads(open(os.environ["HOMECLOUD_BENCH_FLOOR_PLAN"], encoding="utf-8").read()).get(host.name, {})
 
 

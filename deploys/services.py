@@ -21,8 +21,10 @@ from pyinfra import host, state
 
 from homecloud.fingerprints import check_secrets
 from homecloud.layers import services
+from homecloud.connections import tcp_nodelay
 from homecloud.model import check_state
 
+tcp_nodelay(state)  # one SSH round trip costs ~6 ms instead of ~45 ms (homecloud/connections.py)
 check_state(state)
 # This controller must hold the secrets the cluster has (no silent rotation): stop before any change.
 check_secrets(state)
