@@ -35,6 +35,29 @@ def _sections(output) -> dict[str, list[str]]:
     return sections
 
 
+def _unit_lines(units: tuple[str, ...], prefix: str = "") -> str:
+    """
+    Shell: one line ``<prefix><unit> <enabled> <active>`` per service unit, from one
+    ``systemctl show`` (``systemctl is-enabled`` and ``is-active`` per unit were two processes
+    each, ~25 ms apiece). ``enabled`` is the unit-file state (enabled, disabled, masked, ...)
+    or ``absent`` for a unit systemd does not know; ``active`` the active state. systemctl
+    answers in the order asked, under the unit's own name (an alias shows its target), so the
+    answers are matched to the names by position.
+    """
+    names = " ".join(units)
+    services = " ".join(f"{unit}.service" for unit in units)
+    program = (
+        'BEGIN { n = split(names, u, " ") } '
+        '$1 == "Id" { i++ } $1 == "LoadState" { l[i] = $2 } $1 == "UnitFileState" { f[i] = $2 } $1 == "ActiveState" { a[i] = $2 } '
+        'END { for (j = 1; j <= n; j++) printf "%s%s %s %s\\n", prefix, u[j], '
+        '(l[j] == "not-found" || f[j] == "") ? "absent" : f[j], (a[j] == "") ? "inactive" : a[j] }'
+    )
+    return (
+        f"systemctl show -p Id -p LoadState -p UnitFileState -p ActiveState -- {services} 2>/dev/null "
+        f"| awk -F= -v names='{names}' -v prefix='{prefix}' '{program}'"
+    )
+
+
 class Swap(FactBase):
     """
     Swap on the node: active swap areas (/proc/swaps), active swap lines of /etc/fstab, fstab
@@ -67,10 +90,8 @@ class Swap(FactBase):
             "echo '[swaps]'; tail -n +2 /proc/swaps 2>/dev/null; "
             "echo '[fstab]'; awk '$1 !~ /^#/ && $3 == \"swap\"' /etc/fstab 2>/dev/null; "
             f"echo '[fstab_off]'; grep '^{FSTAB_SWAP_OFF_MARK}' /etc/fstab 2>/dev/null; "
-            "echo '[services]'; for unit in dphys-swapfile zramswap; do "
-            'enabled=$(systemctl is-enabled "$unit.service" 2>/dev/null); '
-            'active=$(systemctl is-active "$unit.service" 2>/dev/null); '
-            'echo "$unit ${enabled:-absent} ${active:-inactive}"; done; '
+            "echo '[services]'; "
+            f"{_unit_lines(('dphys-swapfile', 'zramswap'))}; "
             "echo '[zram_generator]'; "
             f"for f in {ZRAM_GENERATOR} /lib/systemd/system-generators/zram-generator; do "
             'test -e "$f" && echo installed; done; '
@@ -122,12 +143,8 @@ class TimeSync(FactBase):
         return {"units": {}, "container": None}
 
     def command(self) -> str:
-        units = " ".join(("systemd-timesyncd",) + OTHER_NTP_DAEMONS)
         return (
-            f"for unit in {units}; do "
-            'enabled=$(systemctl is-enabled "$unit.service" 2>/dev/null); '
-            'active=$(systemctl is-active "$unit.service" 2>/dev/null); '
-            'echo "unit $unit ${enabled:-absent} ${active:-inactive}"; done; '
+            f"{_unit_lines(('systemd-timesyncd',) + OTHER_NTP_DAEMONS, prefix='unit ')}; "
             'echo "container $(systemd-detect-virt --container 2>/dev/null || true)"'
         )
 

@@ -80,11 +80,17 @@ class Sysctls(FactBase):
     default = dict
 
     def command(self, keys) -> StringCommand:
+        # Read from /proc/sys with shell builtins (sysctl, tr and printf per key were three
+        # processes each): key and path in pairs, the path as sysctl maps it (dots are
+        # separators, a slash stands for a dot in a name such as an interface's).
+        pairs = []
+        for key in keys:
+            pairs += [QuoteString(key), QuoteString("/proc/sys/" + "/".join(part.replace("/", ".") for part in key.split(".")))]
         return StringCommand(
-            "for k in",
-            *[QuoteString(k) for k in keys],
-            '; do f=/proc/sys/$(printf %s "$k" | tr . /);',
-            'if v=$(sysctl -n "$k" 2>/dev/null); then if [ -w "$f" ]; then w=rw; else w=ro; fi;',
+            "set --",
+            *pairs,
+            '; while [ $# -gt 1 ]; do k=$1; f=$2; shift 2;',
+            'if { IFS= read -r v < "$f"; } 2>/dev/null; then if [ -w "$f" ]; then w=rw; else w=ro; fi;',
             "printf '%s\\t%s\\t%s\\n' \"$k\" \"$w\" \"$v\";",
             "else printf '%s\\tabsent\\t\\n' \"$k\"; fi; done",
         )

@@ -13,7 +13,7 @@ import shlex
 from pyinfra import host
 from pyinfra.api import HiddenValue, OperationError, StringCommand, QuoteString, operation
 
-from facts.secrets import FINGERPRINTS, SecretFingerprints
+from facts.secrets import FINGERPRINTS, FingerprintFile
 from homecloud.fingerprints import fingerprint
 from operations.system import secret_fact, upload_private
 
@@ -63,7 +63,7 @@ def fingerprints(
     for name in secrets:
         if not NAME_RE.match(name):
             raise OperationError(f"`{name}` is not a secret name")
-    current = secret_fact(host, SecretFingerprints, path=path)
+    current = secret_fact(host, FingerprintFile, path=path)
     salt = current["salt"] or salt
     recorded = dict(current["fingerprints"])
     wanted = dict(recorded)
