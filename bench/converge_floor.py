@@ -19,9 +19,11 @@ from pyinfra import host, state
 from pyinfra.api import FileUploadCommand, StringCommand, operation
 
 from homecloud.connections import tcp_nodelay
+from homecloud.oporder import fast_op_order
 
 # The same connections as a deploy's (deploys/*.py): the floor is not slowed by Nagle either.
 tcp_nodelay(state)
+fast_op_order()  # pyinfra's operation order without reading source files (homecloud/oporder.py)
 plan = json.loads(open(os.environ["HOMECLOUD_BENCH_FLOOR_PLAN"], encoding="utf-8").read()).get(host.name, {})
 
 

@@ -13,9 +13,11 @@ from pyinfra import host, state
 from homecloud.layers import backup, base, davsync, dnas, hardening, k3s, keepalived, longhorn, platform, services
 from homecloud.fingerprints import check_secrets
 from homecloud.connections import tcp_nodelay
+from homecloud.oporder import fast_op_order
 from homecloud.model import check_state
 
 tcp_nodelay(state)  # one SSH round trip costs ~6 ms instead of ~45 ms (homecloud/connections.py)
+fast_op_order()  # pyinfra's operation order without reading source files (homecloud/oporder.py)
 check_state(state)
 # This controller must hold the secrets the cluster has (no silent rotation): stop before any change.
 check_secrets(state)

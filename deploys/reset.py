@@ -24,12 +24,14 @@ from pyinfra import host, state
 from facts.k3s import RESET_PATHS
 from homecloud.cluster import group_hosts
 from homecloud.connections import tcp_nodelay
+from homecloud.oporder import fast_op_order
 from homecloud.kubeconfig import server_url
 from homecloud.layers import dnas, k3s as k3s_layer, longhorn as longhorn_layer
 from homecloud.model import InventoryError, check_state
 from operations import k3s, longhorn, secrets
 
 tcp_nodelay(state)  # one SSH round trip costs ~6 ms instead of ~45 ms (homecloud/connections.py)
+fast_op_order()  # pyinfra's operation order without reading source files (homecloud/oporder.py)
 check_state(state)
 
 servers = group_hosts(state, "k3s_servers")

@@ -78,6 +78,8 @@ def _module_calls(path: Path) -> list[str]:
 def test_every_deploy_sets_nodelay_before_anything_else(path):
     calls = _module_calls(path)
     assert calls and calls[0] == "tcp_nodelay", f"{path.name}: first call should be tcp_nodelay(state), got {calls[:2]}"
+    # Then pyinfra's operation order without source reads (homecloud/oporder.py), before any operation.
+    assert calls[1:2] == ["fast_op_order"], f"{path.name}: second call should be fast_op_order(), got {calls[:2]}"
 
 
 def test_the_rule_catches_a_deploy_without_it(tmp_path):
