@@ -162,15 +162,24 @@ def service(user: str, present: bool = True):
 
 
 def _password_matches(password: str, hashed: str) -> bool | None:
-    """Whether a bcrypt hash (as Syncthing stores it) is of this password; None: cannot tell."""
+    """Whether a bcrypt hash (as Syncthing stores it) is of this password; None: cannot tell.
+
+    bcrypt is ~75 ms of CPU on purpose: it runs in gevent's thread pool (bcrypt releases the
+    GIL), so the other hosts of the run go on meanwhile and the dnas nodes check in parallel.
+    """
     try:
         import bcrypt  # type: ignore[import-not-found]
+        from gevent import get_hub
 
-        return bcrypt.checkpw(password.encode(), hashed.encode())
+        def check() -> bool:
+            try:
+                return bcrypt.checkpw(password.encode(), hashed.encode())
+            except ValueError:  # not a bcrypt hash (gevent would print the exception of a pool task)
+                return False
+
+        return get_hub().threadpool.apply(check)
     except ImportError:
         pass
-    except ValueError:
-        return False
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
