@@ -16,7 +16,8 @@ from pyinfra.api import FactBase
 
 # Python prelude shared by the fact, the REST helper and the lab tests: `d` is the config folder
 # of the Syncthing of user argv[1] (1.27+ uses ~/.local/state/syncthing unless the older
-# ~/.config/syncthing exists; Debian 12 ships 1.19: ~/.config/syncthing), `gui()` gives the
+# ~/.config/syncthing exists; Debian 12 ships 1.19: ~/.config/syncthing; None until Syncthing
+# has written its first config.xml: `config_dir()` looks again), `gui()` gives the
 # <gui> element and the API's base URL, `api(url, key, path, method, body)` calls the REST API.
 FIND_CONFIG = """
 import json, os, pwd, ssl, sys, urllib.request as R, xml.etree.ElementTree as E
@@ -24,7 +25,9 @@ try:
     home = pwd.getpwnam(sys.argv[1]).pw_dir
 except KeyError:
     home = None
-d = home and next((p for p in (home + "/.config/syncthing", home + "/.local/state/syncthing") if os.path.isfile(p + "/config.xml")), None)
+def config_dir():
+    return home and next((p for p in (home + "/.config/syncthing", home + "/.local/state/syncthing") if os.path.isfile(p + "/config.xml")), None)
+d = config_dir()
 def gui():
     g = E.parse(d + "/config.xml").getroot().find("gui")
     a = g.findtext("address") or "127.0.0.1:8384"
@@ -125,6 +128,7 @@ action = sys.argv[2]
 if action == "wait":
     for i in range(90):
         try:
+            d = config_dir()  # a Syncthing started a moment ago writes its first config.xml now
             g, url = gui()
             api(url, g.findtext("apikey"), "/rest/system/ping")
             sys.exit(0)
