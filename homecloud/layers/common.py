@@ -33,16 +33,18 @@ def dnas_owner(user: str, uid: int, gid: int, home: str) -> None:
     system.account(name=f"dnas owner {user} (uid {uid}, created only if absent)", user=user, uid=uid, gid=gid, home=home)
 
 
-def owned_folders(what: str, paths: list[str], user: str) -> None:
+def owned_folders(what: str, paths: list[str], user: str, acl_installed: bool = False) -> None:
     """
     Each folder of `paths` exists, owned by `user` and its group, 0770, with a default ACL
     that keeps others out of what is created inside (files 0660 / folders 0770 at most, also
     for NFS clients that ask for 0644). What is already inside is not changed (no recursive
-    chmod): the folder's own 0770 keeps other accounts out of it.
+    chmod): the folder's own 0770 keeps other accounts out of it. `acl_installed`: an earlier
+    call of this run on the host installed setfacl already (one package check, not one per call).
     """
     if not paths:
         return
-    system.packages(name="setfacl (package acl) for the NAS folders", packages=["acl"])
+    if not acl_installed:
+        system.packages(name="setfacl (package acl) for the NAS folders", packages=["acl"])
     system.private_folders(name=f"{what} {', '.join(paths)}: {user} and its group only (0770, default ACL)", paths=list(paths), user=user)
 
 

@@ -263,7 +263,7 @@ def dnas(settings: DnasSettings, samba_settings: SambaSettings, nfs_settings: Nf
             {"id": folder["id"], "label": folder.get("label") or folder["id"], "path": normpath(join(dnas_path, folder["path"]))}
             for folder in settings.syncthing_folders
         ]
-        owned_folders("Syncthing folder", [folder["path"] for folder in folders], dnas_user)
+        owned_folders("Syncthing folder", [folder["path"] for folder in folders], dnas_user, acl_installed=True)
         syncthing.service(name=f"Syncthing runs as syncthing@{dnas_user}", user=dnas_user)
         password = settings.syncthing_gui_password
         gui_address = settings.syncthing_gui_address

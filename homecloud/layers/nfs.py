@@ -183,7 +183,7 @@ def nfs(settings: NfsSettings, prepared: list[str] | None = None) -> None:
     ]
     if prepared is None:
         dnas_owner(dnas_user, uid, gid, dnas_path)
-    owned_folders("Exported folder", [e["path"] for e in exports if e["path"] not in (prepared or [])], dnas_user)
+    owned_folders("Exported folder", [e["path"] for e in exports if e["path"] not in (prepared or [])], dnas_user, acl_installed=prepared is not None)
 
     if settings.nfs_backend == "kernel":
         # The other backend would hold port 2049: stop it if it is there.

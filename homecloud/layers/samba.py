@@ -159,7 +159,7 @@ def samba(settings: SambaSettings, salt: str, prepared: list[str] | None = None)
     system.packages(name="Install Samba", packages=["samba"])
     if prepared is None:
         dnas_owner(dnas_user, settings.dnas_uid, settings.dnas_gid, dnas_path)
-    owned_folders("Share folder", [s["path"] for s in shares if s["path"] not in (prepared or [])], dnas_user)
+    owned_folders("Share folder", [s["path"] for s in shares if s["path"] not in (prepared or [])], dnas_user, acl_installed=prepared is not None)
     for user_name in sorted(users):
         samba_ops.user(name=f"Samba user {user_name}", user=user_name, password=HiddenValue(users[user_name]))
     if users:
