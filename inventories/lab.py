@@ -80,14 +80,19 @@ def _node(node):
         # can; the firewall is proven on the amd64 nodes, its rules are the same text.
         data["hardening_firewall"] = False
     if node["name"] == "node1":
-        # Backups (tests/lab/test_backup.py): over SFTP to node3, and to node1's spare disk.
+        # Backups (tests/lab/test_backup.py): over SFTP to node3, and to node1's spare disk. A
+        # smaller lab (the arm64 job's: node1 and node2) backs up to its other node instead.
         data["backup_enabled"] = True
         data["backup_passphrase"] = secret("backup_passphrase", length=32, store=_store)
         data["backup_targets"] = [
-            {"name": "node3", "type": "sftp", "host": "node3"},
+            *([{"name": _sftp_target, "type": "sftp", "host": _sftp_target}] if _sftp_target else []),
             {"name": "spare", "type": "local", "device": "LABEL=homecloud-spare", "path": "restic"},
         ]
     return (node["name"], data)
+
+
+_names = [n["name"] for n in _state["nodes"]]
+_sftp_target = "node3" if "node3" in _names else next((n for n in _names if n != "node1"), None)
 
 
 k3s_servers = [_node(n) for n in _state["nodes"] if "k3s_servers" in n["groups"]]

@@ -42,6 +42,8 @@ from lab import results as pyinfra_results
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SKIP_REASON = "run with --lab=local (root, Debian) or --inventory"
 HERE = Path(__file__).resolve().parent
+# How long the end of the session waits for a still running arm64 job before taking its lab down.
+FIRST_DEPLOY_GRACE = 60
 
 
 def main_deploy() -> str:
@@ -66,6 +68,8 @@ def pytest_collection_modifyitems(config, items):
     def key(item) -> int:
         if "idempotence" in item.nodeid:
             return 0
+        if Path(str(item.fspath)).name == "test_arm64.py":
+            return 3  # waits for the arm64 job (tests/lab/arm64_job.py), which ran meanwhile
         return 2 if item.get_closest_marker("destructive") else 1
 
     positions = [i for i, item in enumerate(items) if mine(item)]
@@ -73,6 +77,54 @@ def pytest_collection_modifyitems(config, items):
     for i, item in zip(positions, ordered):
         item.add_marker(pytest.mark.lab)
         items[i] = item
+    _start_arm64_job(config, [items[i] for i in positions])
+
+
+def _start_arm64_job(config, lab_items) -> None:
+    """--lab=local with test_arm64.py selected: start the arm64 job now, in the background."""
+    if _mode(config) != "local" or os.geteuid() != 0 or getattr(config, "_homecloud_arm64_job", None):
+        return
+    if not any(Path(str(item.fspath)).name == "test_arm64.py" for item in lab_items):
+        return
+    from arm64_job import Arm64Job, mode
+
+    if mode() != "job":
+        return
+    from lab import core
+
+    job = Arm64Job(core.instance_name())
+    job.start()
+    config._homecloud_arm64_job = job
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The arm64 job's lab goes down with the session (HOMECLOUD_LAB_KEEP=1 keeps it)."""
+    job = getattr(session.config, "_homecloud_arm64_job", None)
+    if job is None or os.environ.get("HOMECLOUD_LAB_KEEP"):
+        return
+    job.wait(FIRST_DEPLOY_GRACE)
+    job.down()
+
+
+@pytest.fixture(scope="session")
+def make_testinfra_host():
+    """`testinfra_host` as a fixture (for hosts of another lab instance, e.g. the arm64 job's)."""
+    return testinfra_host
+
+
+@pytest.fixture(scope="session")
+def arm64_job(request):
+    """The arm64 job started with the session (tests/lab/arm64_job.py); skips when there is none."""
+    from arm64_job import mode
+
+    job = getattr(request.config, "_homecloud_arm64_job", None)
+    if job is None:
+        if mode() == "main-lab":
+            pytest.skip("HOMECLOUD_LAB_ARM64=1: the main lab has the arm64 node (test_dnas_sync checks it)")
+        if mode() == "off":
+            pytest.skip("HOMECLOUD_LAB_ARM64=0: no arm64 node in this run")
+        pytest.skip("the arm64 job runs with --lab=local as root")
+    return job
 
 
 @pytest.fixture(autouse=True)
@@ -177,31 +229,33 @@ def inventory_hosts(lab_inventory):
     return pyinfra_results.inventory_hosts(lab_inventory)
 
 
-@pytest.fixture(scope="session")
-def testinfra_hosts(inventory_hosts):
+def testinfra_host(host: dict):
+    """A testinfra host (over SSH) for an inventory host as `inventory_hosts` gives it."""
     import testinfra
 
-    cache: dict[str, list] = {}
+    data = host["data"]
+    address = data.get("ssh_hostname") or host["name"]
+    user = data.get("ssh_user") or "root"
+    port = data.get("ssh_port") or 22
+    extra = []
+    if data.get("ssh_known_hosts_file"):
+        extra += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
+    if str(data.get("ssh_strict_host_key_checking", "")).lower() in ("off", "no", "false"):
+        extra += ["-o", "StrictHostKeyChecking=no"]
+    kwargs = {"ssh_extra_args": " ".join(extra + ["-o", "LogLevel=ERROR"])}
+    if data.get("ssh_key"):
+        kwargs["ssh_identity_file"] = os.path.expanduser(data["ssh_key"])
+    return testinfra.get_host(f"ssh://{user}@{address}:{port}", sudo=bool(data.get("_sudo")), **kwargs)
 
-    def make(host: dict):
-        data = host["data"]
-        address = data.get("ssh_hostname") or host["name"]
-        user = data.get("ssh_user") or "root"
-        port = data.get("ssh_port") or 22
-        extra = []
-        if data.get("ssh_known_hosts_file"):
-            extra += ["-o", f"UserKnownHostsFile={data['ssh_known_hosts_file']}"]
-        if str(data.get("ssh_strict_host_key_checking", "")).lower() in ("off", "no", "false"):
-            extra += ["-o", "StrictHostKeyChecking=no"]
-        kwargs = {"ssh_extra_args": " ".join(extra + ["-o", "LogLevel=ERROR"])}
-        if data.get("ssh_key"):
-            kwargs["ssh_identity_file"] = os.path.expanduser(data["ssh_key"])
-        return testinfra.get_host(f"ssh://{user}@{address}:{port}", sudo=bool(data.get("_sudo")), **kwargs)
+
+@pytest.fixture(scope="session")
+def testinfra_hosts(inventory_hosts):
+    cache: dict[str, list] = {}
 
     def hosts(group: str = "all"):
         if group not in cache:
             members = [h for h in inventory_hosts if group == "all" or group in h["groups"]]
-            cache[group] = [make(h) for h in members]
+            cache[group] = [testinfra_host(h) for h in members]
         return cache[group]
 
     return hosts

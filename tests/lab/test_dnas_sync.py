@@ -337,6 +337,20 @@ def test_internet_switch_turns_discovery_relays_and_nat_on(dnas, pyinfra_run):
     assert all(_options(at, _user(adata)).get(key) == "false" for key in INTERNET_OPTIONS)
 
 
+def check_arm64_nas(name: str, data: dict, t) -> list[str]:
+    """The NAS services of an arm64 dnas node run, each an arm64 binary; returns the units."""
+    units = [f"syncthing@{_user(data)}"]
+    if data.get("samba_enabled", True):
+        units.append("smbd")
+    if data.get("nfs_enabled", True) and data.get("nfs_backend") == "ganesha":
+        units.append("nfs-ganesha")
+    for unit in units:
+        assert t.service(unit).is_running, f"{name}: {unit} is not running"
+        exe = t.check_output("readlink -f /proc/$(systemctl show -p MainPID --value %s)/exe", unit)
+        assert "aarch64" in t.check_output("file -L %s", exe), f"{name}: {unit} does not run an arm64 binary ({exe})"
+    return units
+
+
 def test_arm64_dnas_node_runs_the_nas_and_syncs(dnas):
     """The lab's arm64 node (HOMECLOUD_LAB_ARM64=1, qemu-user; CI's lab has it): arm64 packages,
     the NAS services running, and a file from an amd64 node arrives there."""
@@ -345,14 +359,7 @@ def test_arm64_dnas_node_runs_the_nas_and_syncs(dnas):
         pytest.skip("no arm64 dnas node in this lab (HOMECLOUD_LAB_ARM64=1 adds one)")
     name, data, t = arm[0]
     assert t.check_output("dpkg --print-architecture") == "arm64"
-    user = _user(data)
-    units = [f"syncthing@{user}", "smbd"]
-    if data.get("nfs_enabled", True) and data.get("nfs_backend") == "ganesha":
-        units.append("nfs-ganesha")
-    for unit in units:
-        assert t.service(unit).is_running, f"{name}: {unit} is not running"
-        exe = t.check_output("readlink -f /proc/$(systemctl show -p MainPID --value %s)/exe", unit)
-        assert "aarch64" in t.check_output("file -L %s", exe), f"{name}: {unit} does not run an arm64 binary ({exe})"
+    check_arm64_nas(name, data, t)
     (a, adata, at) = next(x for x in dnas if x[1].get("node_arch") != "arm64")
     probe = f"arm-{uuid.uuid4().hex[:8]}.txt"
     src, dst = posixpath.join(_folder_path(adata), probe), posixpath.join(_folder_path(data), probe)
