@@ -1,10 +1,11 @@
 """
 Facts about a Syncthing instance run by a system user (``syncthing@<user>``).
 
-Everything is read on the node by a short python3 program: it finds the user's config.xml,
-takes the API key from it itself and asks the REST API (so the key never leaves the node and
-never appears in a command line); when the service is down it parses config.xml and computes
-the device ID from the certificate.
+The state is read on the node by a short python3 program from the user's config.xml and
+certificate: Syncthing saves every change it accepts (GUI, REST API, our helper) to config.xml
+at once, so the file is the configuration it runs with, and reading it needs no REST calls and
+no network modules (~45 ms instead of ~100 ms for the program with three REST calls). Changes go
+through the REST API (API_CLIENT below), with the API key read on the node.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from pyinfra.api import FactBase
 # ~/.config/syncthing exists; Debian 12 ships 1.19: ~/.config/syncthing; None until Syncthing
 # has written its first config.xml: `config_dir()` looks again), `gui()` gives the
 # <gui> element and the API's base URL, `api(url, key, path, method, body)` calls the REST API.
-FIND_CONFIG = """
-import json, os, pwd, ssl, sys, urllib.request as R, xml.etree.ElementTree as E
+_FIND_DIR = """
+import json, os, pwd, sys, xml.etree.ElementTree as E
 try:
     home = pwd.getpwnam(sys.argv[1]).pw_dir
 except KeyError:
@@ -28,6 +29,8 @@ except KeyError:
 def config_dir():
     return home and next((p for p in (home + "/.config/syncthing", home + "/.local/state/syncthing") if os.path.isfile(p + "/config.xml")), None)
 d = config_dir()
+"""
+FIND_CONFIG = _FIND_DIR + """import ssl, urllib.request as R
 def gui():
     g = E.parse(d + "/config.xml").getroot().find("gui")
     a = g.findtext("address") or "127.0.0.1:8384"
@@ -64,7 +67,7 @@ _DEVICE_ID: dict = {}
 exec(_DEVICE_ID_SOURCE, _DEVICE_ID)  # noqa: S102 - our own constant source, defines device_id()
 
 _NODE_SCRIPT = (
-    FIND_CONFIG
+    _FIND_DIR
     + """
 OPTIONS = ("globalAnnounceEnabled", "localAnnounceEnabled", "relaysEnabled", "natEnabled", "crashReportingEnabled", "urAccepted")
 out = {}
@@ -79,31 +82,21 @@ def empty(p):
         return True
 if d:
     t = E.parse(d + "/config.xml").getroot()
-    g, url = gui()
-    out = {"config": d + "/config.xml", "home": home, "api": False,
+    g = t.find("gui")
+    out = {"config": d + "/config.xml", "home": home,
            "gui": {"address": g.findtext("address") or "", "tls": g.get("tls") == "true",
                    "user": g.findtext("user") or "", "password_hash": g.findtext("password") or ""}}
     o = t.find("options")
     out["options"] = {} if o is None else {k: o.findtext(k) or "" for k in OPTIONS}
     try:
-        key = g.findtext("apikey") or ""
-        out["device_id"] = json.loads(api(url, key, "/rest/system/status"))["myID"]
-        devices = json.loads(api(url, key, "/rest/config/devices"))
-        folders = json.loads(api(url, key, "/rest/config/folders"))
-        out["api"] = True
-    except Exception:
-        try:
-            out["device_id"] = device_id(open(d + "/cert.pem").read())
-        except OSError:
-            out["device_id"] = None
-        devices = [{"deviceID": x.get("id"), "name": x.get("name") or "",
-                    "addresses": [a.text for a in x.findall("address")]} for x in t.findall("device")]
-        folders = [{"id": f.get("id"), "label": f.get("label") or "", "path": f.get("path"), "type": f.get("type"),
-                    "devices": [{"deviceID": x.get("id")} for x in f.findall("device")]} for f in t.findall("folder")]
-    out["devices"] = {x["deviceID"]: {"name": x.get("name") or "", "addresses": x.get("addresses") or []} for x in devices}
-    out["folders"] = {f["id"]: {"label": f.get("label") or "", "path": f["path"], "type": f.get("type"),
-                                "devices": sorted(x["deviceID"] for x in f.get("devices") or []),
-                                "empty": empty(f["path"])} for f in folders}
+        out["device_id"] = device_id(open(d + "/cert.pem").read())
+    except OSError:
+        out["device_id"] = None
+    out["devices"] = {x.get("id"): {"name": x.get("name") or "", "addresses": [a.text for a in x.findall("address")]}
+                      for x in t.findall("device")}
+    out["folders"] = {f.get("id"): {"label": f.get("label") or "", "path": f.get("path"), "type": f.get("type"),
+                                    "devices": sorted(x.get("id") for x in f.findall("device")),
+                                    "empty": empty(f.get("path"))} for f in t.findall("folder")}
 print(json.dumps(out, sort_keys=True))
 """
 )
@@ -177,14 +170,13 @@ class Node(FactBase):
     """
     Returns the state of the Syncthing run by ``user``; an empty dict when it has no config yet.
 
-    ``api`` tells whether the REST API answered (else devices and folders come from
-    config.xml). Folders list their device IDs (the node's own included) and whether the
-    folder holds nothing but Syncthing's marker.
+    Read from config.xml (Syncthing saves each change it accepts there at once) and the
+    device ID from the certificate, whether Syncthing runs or not. Folders list their device
+    IDs (the node's own included) and whether the folder holds nothing but Syncthing's marker.
 
     .. code:: python
 
         {
-            "api": True,
             "config": "/var/lib/dnas/.config/syncthing/config.xml",
             "home": "/var/lib/dnas",
             "device_id": "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD",

@@ -1,7 +1,9 @@
 """
-The Syncthing REST helper installed on dnas nodes (facts/syncthing.py API_CLIENT), run here
-against a stand-in REST API on loopback: `wait` must find a config.xml that Syncthing writes
-only after the helper started (a first start generates keys and the config first).
+The Syncthing programs run on dnas nodes (facts/syncthing.py), run here with the node's home
+pointed at a temporary folder: the REST helper (API_CLIENT) against a stand-in REST API on
+loopback (`wait` must find a config.xml that Syncthing writes only after the helper started: a
+first start generates keys and the config first), and the Node fact's program on a config.xml
+and certificate as Syncthing writes them.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from facts.syncthing import API_CLIENT
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Runs the helper as on a node, with the dnas user's home pointed at a temporary folder.
 RUNNER = textwrap.dedent(
@@ -93,3 +98,75 @@ def test_wait_gives_up_with_the_reason(tmp_path):
     done = subprocess.run([sys.executable, "-c", RUNNER, str(tmp_path), str(client), "wait"], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1
     assert "Syncthing of dnas does not answer on its REST API" in done.stderr
+
+
+# The Node fact's program, run on a config.xml and certificate as Syncthing writes them.
+CONFIG_XML = """<configuration version="37">
+    <folder id="homecloud-data" label="homecloud data" path="{home}/data" type="sendreceive">
+        <device id="DHSLZWX-KZ6TVUO-JPSUTMN-OEUJ4LQ-I3AS3KR-SXJR7HX-IBH4M3T-P7AW6QA" introducedBy=""></device>
+        <device id="MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD" introducedBy=""></device>
+    </folder>
+    <folder id="default" label="Default Folder" path="~/Sync" type="sendreceive">
+        <device id="DHSLZWX-KZ6TVUO-JPSUTMN-OEUJ4LQ-I3AS3KR-SXJR7HX-IBH4M3T-P7AW6QA" introducedBy=""></device>
+    </folder>
+    <device id="DHSLZWX-KZ6TVUO-JPSUTMN-OEUJ4LQ-I3AS3KR-SXJR7HX-IBH4M3T-P7AW6QA" name="node1">
+        <address>dynamic</address>
+    </device>
+    <device id="MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD" name="node2">
+        <address>tcp://10.0.0.2:22000</address>
+        <address>dynamic</address>
+    </device>
+    <gui enabled="true" tls="false">
+        <address>127.0.0.1:8384</address>
+        <user>homecloud</user>
+        <password>$2a$10$hash</password>
+        <apikey>secret-api-key</apikey>
+    </gui>
+    <options>
+        <globalAnnounceEnabled>false</globalAnnounceEnabled>
+        <relaysEnabled>false</relaysEnabled>
+        <urAccepted>-1</urAccepted>
+    </options>
+    <defaults>
+        <folder id="" label="" path="~" type="sendreceive"></folder>
+    </defaults>
+</configuration>
+"""
+
+
+def test_node_program_reads_config_xml_and_the_certificate(tmp_path):
+    import json
+
+    import yaml
+
+    from facts.syncthing import _NODE_SCRIPT, Node
+
+    device = yaml.safe_load((REPO / "tests/facts/syncthing.DeviceId/running.yaml").read_text())
+    home = tmp_path / "home"
+    folder = home / ".config" / "syncthing"
+    folder.mkdir(parents=True)
+    (folder / "config.xml").write_text(CONFIG_XML.format(home=home))
+    (folder / "cert.pem").write_text("\n".join(device["output"]) + "\n")
+    (home / "data").mkdir()
+    (home / "data" / "photo.jpg").write_text("x")
+    (home / "Sync").mkdir()
+    (home / "Sync" / ".stfolder").mkdir()
+    program = tmp_path / "node.py"
+    program.write_text(_NODE_SCRIPT)
+    done = subprocess.run([sys.executable, "-c", RUNNER, str(home), str(program)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    fact = Node().process(done.stdout.splitlines())
+    assert fact["device_id"] == device["fact"]
+    assert fact["config"] == f"{folder}/config.xml" and fact["home"] == str(home)
+    assert fact["gui"] == {"address": "127.0.0.1:8384", "tls": False, "user": "homecloud", "password_hash": "$2a$10$hash"}
+    assert fact["options"]["globalAnnounceEnabled"] == "false" and fact["options"]["natEnabled"] == ""
+    assert fact["devices"]["MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD"] == {
+        "name": "node2", "addresses": ["tcp://10.0.0.2:22000", "dynamic"],
+    }
+    assert set(fact["folders"]) == {"homecloud-data", "default"}  # not the <defaults> template
+    data = fact["folders"]["homecloud-data"]
+    assert data["path"] == f"{home}/data" and data["type"] == "sendreceive" and data["empty"] is False
+    assert data["devices"] == sorted(["DHSLZWX-KZ6TVUO-JPSUTMN-OEUJ4LQ-I3AS3KR-SXJR7HX-IBH4M3T-P7AW6QA", "MFZWI3D-BONSGYC-YLTMRWG-C43ENR5-QXGZDMM-FZWI3DP-BONSGYY-LTMRWAD"])
+    assert fact["folders"]["default"]["empty"] is True  # ~/Sync holds only Syncthing's marker
+    assert "secret-api-key" not in done.stdout
+    json.loads(done.stdout)  # one JSON document
