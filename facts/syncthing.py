@@ -212,8 +212,8 @@ class DeviceId(FactBase):
     """
     Returns the Syncthing device ID of the node (``None`` before Syncthing first ran), computed
     here from the node's certificate (public; the key is not read): the same ID the running
-    Syncthing reports, at the cost of one ``cat`` instead of the Node program (python3 and
-    three REST calls), because peers read it from each other.
+    Syncthing reports, at the cost of one ``cat`` instead of the Node program (python3 parsing
+    config.xml), because peers read it from each other.
 
     .. code:: python
 
