@@ -7,10 +7,10 @@ repository root:
 
 In one run it measures:
 
-1. the connection floor: `pyinfra -y inventories/lab.py exec -- true` on 4 fresh nodes (what
+1. the first converge of deploys/all.py on 4 fresh nodes;
+2. the no-op re-run of deploys/all.py (it must change nothing), each run right after a run of
+3. the connection floor: `pyinfra -y inventories/lab.py exec -- true` on the same nodes (what
    any pyinfra run costs: start-up, inventory, SSH connections, one command per host);
-2. the first converge of deploys/all.py on those fresh nodes;
-3. the no-op re-run of deploys/all.py (it must change nothing);
 4. the first-converge floor on 4 fresh nodes (bench/converge_floor.py): per node one
    `apt-get update` + one `apt-get install` of exactly the packages the first converge added
    to it (read with dpkg-query before and after), through the same apt proxy, and one file
@@ -53,6 +53,11 @@ NOOP_FLOOR_RATIO = 3.0
 CONVERGE_FLOOR_RATIO = 1.5
 SCALING_RATIO = 1.3
 FLOOR_DEPLOY = "bench/converge_floor.py"
+# pyinfra runs as on a user's controller: Python caches the bytecode of the modules it imports
+# (this machine's environment sets PYTHONDONTWRITEBYTECODE=1, which made every run compile
+# homecloud's ~60 modules from source again: ~0.2 s in each deploy run, less in a floor run).
+def run_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
 # --- count mode: one pyinfra CLI run with round-trip counters ---------------------------------
@@ -140,7 +145,7 @@ def pyinfra_run(args: list[str], label: str, log_dir: Path) -> dict:
         count_file = f.name
     argv = [sys.executable, "-m", "bench.deploy", "count", count_file, "--", "-y", "--json", *args]
     t0 = time.monotonic()
-    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True)
+    done = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, env=run_env())
     seconds = time.monotonic() - t0
     safe = label.replace(" ", "-")
     (log_dir / f"{safe}.stdout.json").write_text(done.stdout)
@@ -201,16 +206,22 @@ def measure_converge_floor(api, plan: dict, log_dir: Path) -> dict:
     return pyinfra_run([INVENTORY, FLOOR_DEPLOY], "converge-floor-4", log_dir)
 
 
-def measure_noop(label: str, repeat: int, log_dir: Path, not_idempotent: list[str]) -> tuple[float, list[dict]]:
+def measure_noop(label: str, repeat: int, log_dir: Path, not_idempotent: list[str], floors: list[dict] | None = None) -> tuple[float, list[dict]]:
     """
     `repeat` re-runs that change nothing, timed. A re-run that changes something is an
     idempotency defect: it is recorded in `not_idempotent` (the bench then exits 2) and not
-    timed; one extra run is allowed per such run, up to `repeat` extra runs in all.
+    timed; one extra run is allowed per such run, up to `repeat` extra runs in all. With
+    `floors`, a connection floor run goes before each re-run (alternating, on the same nodes in
+    the same state) and is appended there.
     """
     runs: list[dict] = []
     attempt = 0
     while len(runs) < repeat and attempt < 2 * repeat:
         attempt += 1
+        if floors is not None and len(floors) < repeat:
+            floor = pyinfra_run([INVENTORY, "exec", "--", "true"], f"floor-4-{len(floors) + 1}", log_dir)
+            floors.append(floor)
+            print(f"  connection floor run {len(floors)}: {floor['seconds']:.1f} s", flush=True)
         run = pyinfra_run([INVENTORY, DEPLOY], f"{label}-{attempt}", log_dir)
         changed = changed_operations(run)
         if changed:
@@ -258,19 +269,14 @@ def bench(repeat: int, keep: bool) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix=f"homecloud-bench-{api.instance()}-"))
     load = os.getloadavg()
     print(f"homecloud deploy benchmark: lab `{api.instance()}`, logs in {log_dir}")
-    print(f"host: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other work skews timings)\n")
+    print(f"host: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (other work skews timings)")
+    print("pyinfra runs cache bytecode as on a user's controller (PYTHONDONTWRITEBYTECODE unset for them)\n")
 
     results: dict[str, float] = {}
     not_idempotent: list[str] = []
     try:
         print("4 nodes:")
         fresh_lab(api, 4)
-        floors = []
-        for i in range(repeat):
-            run = pyinfra_run([INVENTORY, "exec", "--", "true"], f"floor-4-{i + 1}", log_dir)
-            print(f"  connection floor run {i + 1}: {run['seconds']:.1f} s", flush=True)
-            floors.append(run)
-        results["floor_4"] = statistics.median(r["seconds"] for r in floors)
         before = installed_packages(api)
         converge = pyinfra_run([INVENTORY, DEPLOY], "converge-4", log_dir)
         results["converge_4"] = converge["seconds"]
@@ -280,7 +286,9 @@ def bench(repeat: int, keep: bool) -> int:
             host: {"packages": sorted(after[host] - before.get(host, set())), "uploads": converge["counts"].get(host, {}).get("uploads", 0)}
             for host in sorted(after)
         }
-        results["noop_4"], noop4 = measure_noop("no-op-4", repeat, log_dir, not_idempotent)
+        floors: list[dict] = []
+        results["noop_4"], noop4 = measure_noop("no-op-4", repeat, log_dir, not_idempotent, floors=floors)
+        results["floor_4"] = statistics.median(r["seconds"] for r in floors)
         floor_run = measure_converge_floor(api, plan, log_dir)
         results["converge_floor_4"] = floor_run["seconds"]
         print(
