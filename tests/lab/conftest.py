@@ -77,14 +77,15 @@ def pytest_collection_modifyitems(config, items):
     for i, item in zip(positions, ordered):
         item.add_marker(pytest.mark.lab)
         items[i] = item
-    _start_arm64_job(config, [items[i] for i in positions])
 
 
-def _start_arm64_job(config, lab_items) -> None:
-    """--lab=local with test_arm64.py selected: start the arm64 job now, in the background."""
-    if _mode(config) != "local" or os.geteuid() != 0 or getattr(config, "_homecloud_arm64_job", None):
+def pytest_collection_finish(session):
+    """--lab=local with a test of test_arm64.py selected (after -k / deselection): start the
+    arm64 job now, in the background, before the first test runs."""
+    config = session.config
+    if _mode(config) != "local" or os.geteuid() != 0 or config.option.collectonly or getattr(config, "_homecloud_arm64_job", None):
         return
-    if not any(Path(str(item.fspath)).name == "test_arm64.py" for item in lab_items):
+    if not any(Path(str(item.fspath)).name == "test_arm64.py" for item in session.items):
         return
     from arm64_job import Arm64Job, mode
 
@@ -123,6 +124,8 @@ def arm64_job(request):
             pytest.skip("HOMECLOUD_LAB_ARM64=1: the main lab has the arm64 node (test_dnas_sync checks it)")
         if mode() == "off":
             pytest.skip("HOMECLOUD_LAB_ARM64=0: no arm64 node in this run")
+        if _mode(request.config) == "local" and os.geteuid() == 0:
+            pytest.fail("the arm64 job was not started (pytest_collection_finish in tests/lab/conftest.py)")
         pytest.skip("the arm64 job runs with --lab=local as root")
     return job
 
