@@ -78,10 +78,34 @@ def summary(result: dict) -> str:
         lines.append(f"  {host}: changed: " + "; ".join(ops))
     for host, ops in sorted(errors(result).items()):
         lines.append(f"  {host}: FAILED: " + "; ".join(ops))
+    reported = error_lines(result.get("stderr") or "")
+    if reported:
+        lines.append("--- what the failed operations reported\n" + "\n".join(reported))
     tail = (result.get("stderr") or "")[-4000:]
     if tail:
         lines.append("--- pyinfra log (tail)\n" + tail)
     return "\n".join(lines)
+
+
+def _routine(message: str) -> bool:
+    return message in ("Success", "No changes", "Skipped", "Connected") or message.startswith("Ready: ")
+
+
+def error_lines(log: str, limit: int = 40) -> list[str]:
+    """The lines of a pyinfra log a host reported other than Success / No changes, each after
+    the operation it belongs to (the tail of a long log may not reach back to them)."""
+    out: list[str] = []
+    operation = None
+    for line in log.splitlines():
+        text = line.strip()
+        if text.startswith("--> Starting operation:"):
+            operation = text
+        elif text.startswith("[") and "] " in text and not _routine(text.split("] ", 1)[1]):
+            if operation:
+                out.append(operation)
+                operation = None
+            out.append("    " + text)
+    return out[-limit:]
 
 
 def inventory_hosts(inventory: str | os.PathLike, env: dict | None = None) -> list[dict]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -63,6 +64,8 @@ class Arm64Job:
         self.error: str | None = None
         self.seconds: dict[str, float] = {}
         self.lab_log = ""
+        # The first deploy's whole log, kept after the job's lab is gone.
+        self.log_file = Path(tempfile.gettempdir()) / f"homecloud-arm64-job-{self.instance}-first-deploy.log"
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"arm64-job-{self.instance}", daemon=True)
 
@@ -85,6 +88,7 @@ class Arm64Job:
             start = time.monotonic()
             self.first = results.run_pyinfra(INVENTORY, DEPLOY, env=self.env, timeout=FIRST_DEPLOY_TIMEOUT)
             self.seconds["first deploy"] = time.monotonic() - start
+            self.log_file.write_text(self.first.get("stderr") or "")
         except BaseException:  # reported by the test that waits for the job
             self.error = traceback.format_exc()
         finally:

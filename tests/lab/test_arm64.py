@@ -34,7 +34,7 @@ def arm_lab(arm64_job, make_testinfra_host):
         pytest.fail(f"the arm64 job (lab `{arm64_job.instance}`) failed:\n{arm64_job.error}", pytrace=False)
     first = arm64_job.first
     if first["returncode"] != 0 or results.errors(first) or results.failed_hosts(first):
-        pytest.fail("the first deploys/all.py on the arm64 lab failed:\n" + results.summary(first), pytrace=False)
+        pytest.fail(f"the first deploys/all.py on the arm64 lab failed (whole log: {arm64_job.log_file}):\n" + results.summary(first), pytrace=False)
     inventory = results.inventory_hosts(results.REPO_ROOT / "inventories" / "lab.py", env=arm64_job.env)
     hosts = [(h["name"], h["data"], make_testinfra_host(h)) for h in inventory]
     arm = [x for x in hosts if x[1].get("node_arch") == "arm64"]
