@@ -132,15 +132,28 @@ if not d:
     sys.exit("no Syncthing config for user " + sys.argv[1])
 g, url = gui()
 key = g.findtext("apikey")
+def call(*args):
+    # Syncthing restarts its GUI/REST listener after a change of the GUI settings (the edit
+    # before this one may have been one): a refused or dropped connection is tried again for
+    # up to 60 s; an HTTP error answer is not (a PUT repeated after a lost answer is the same).
+    for i in range(120):
+        try:
+            return api(url, key, *args)
+        except R.HTTPError:
+            raise
+        except OSError:
+            if i == 119:
+                raise
+            time.sleep(0.5)
 arg = sys.argv[3]
 e = json.loads(open(arg[1:]).read() if arg.startswith("@") else arg)
-c = json.loads(api(url, key, "/rest/config"))
+c = json.loads(call("/rest/config"))
 def find(items, k, v):
     return next((x for x in items if x[k] == v), None)
 for x in e.get("devices", []):
     cur = find(c["devices"], "deviceID", x["deviceID"])
     if cur is None:
-        cur = json.loads(api(url, key, "/rest/config/defaults/device"))
+        cur = json.loads(call("/rest/config/defaults/device"))
         c["devices"].append(cur)
     cur.update(x)
 gone = set(e.get("remove_devices", []))
@@ -152,7 +165,7 @@ for x in e.get("folders", []):
     want = x.pop("devices", [])
     cur = find(c["folders"], "id", x["id"])
     if cur is None:
-        cur = json.loads(api(url, key, "/rest/config/defaults/folder"))
+        cur = json.loads(call("/rest/config/defaults/folder"))
         c["folders"].append(cur)
     cur.update(x)
     have = {y["deviceID"] for y in cur["devices"]}
@@ -161,7 +174,7 @@ gone = set(e.get("remove_folders", []))
 c["folders"] = [x for x in c["folders"] if x["id"] not in gone]
 c["gui"].update(e.get("gui", {}))
 c["options"].update(e.get("options", {}))
-api(url, key, "/rest/config", "PUT", json.dumps(c).encode())
+call("/rest/config", "PUT", json.dumps(c).encode())
 """
 )
 

@@ -170,3 +170,53 @@ def test_node_program_reads_config_xml_and_the_certificate(tmp_path):
     assert fact["folders"]["default"]["empty"] is True  # ~/Sync holds only Syncthing's marker
     assert "secret-api-key" not in done.stdout
     json.loads(done.stdout)  # one JSON document
+
+
+def test_edit_waits_out_a_restarting_rest_listener(tmp_path):
+    """After an edit of the GUI settings Syncthing restarts its REST listener: the next edit
+    finds the port closed for a moment and must try again, not fail the deploy."""
+    import json
+    import socket
+
+    with socket.socket() as probe:  # a free port, closed while the "restart" lasts
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path / "home"
+    folder = home / ".config" / "syncthing"
+    folder.mkdir(parents=True)
+    (folder / "config.xml").write_text(_config(port))
+    client = tmp_path / "syncthing-api"
+    client.write_text(API_CLIENT)
+    config = {"devices": [], "folders": [], "gui": {"address": f"127.0.0.1:{port}"}, "options": {"relaysEnabled": True}}
+    put: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = json.dumps(config).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_PUT(self):  # noqa: N802
+            put.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    edit = json.dumps({"options": {"relaysEnabled": False}})
+    proc = subprocess.Popen([sys.executable, "-c", RUNNER, str(home), str(client), "edit", edit], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # the helper meets a closed port meanwhile
+    assert proc.poll() is None, proc.communicate()
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert proc.returncode == 0, err
+    assert put and put[-1]["options"] == {"relaysEnabled": False}
