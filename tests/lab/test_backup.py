@@ -208,7 +208,9 @@ def test_disk_replaced_restore_brings_back_data_and_syncthing_identity(lab, orig
     deploy = pyinfra_run("deploys/all.py", "--limit", NODE)
     assert deploy["returncode"] == 0 and not results.errors(deploy), results.summary(deploy)
     assert _device_id(lab, NODE) != device  # a fresh identity until the restore
-    restore = pyinfra_run("deploys/restore.py", "--limit", NODE, "--data", "restore_node_replaced=True", "--data", f"restore_snapshot={snapshot}")
+    # Quoted as JSON: pyinfra reads a --data value of digits as a number (a snapshot id like
+    # 09464211 became 9464211 and the run was refused), any id quoted this way stays a string.
+    restore = pyinfra_run("deploys/restore.py", "--limit", NODE, "--data", "restore_node_replaced=True", "--data", f'restore_snapshot="{snapshot}"')
     assert restore["returncode"] == 0 and not results.errors(restore), results.summary(restore)
     assert _device_id(lab, NODE) == device
     assert manifest(lab, TREE) == original
